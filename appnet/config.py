@@ -112,6 +112,15 @@ def _endpoints(v: Any) -> list[str]:
 _ENDPOINT_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd", "udp")
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise ValueError
+        return v
+
+    return check
+
+
 def _size(v: Any) -> int | None:
     """Bytes as an int, or a string like C{"10M"}, C{"2G"}; 0/"" means none."""
     if v in ("", 0, None):
@@ -202,6 +211,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             _int_range(512, 1 << 20),
             "512 to 1048576",
             "longest command line accepted (RFC 2449 allows 255 octets)",
+        ),
+        plaintext_auth=Key(
+            "tls-or-loopback",
+            _choice("tls-or-loopback", "tls", "always"),
+            '"tls-or-loopback", "tls" or "always"',
+            "where USER/PASS and AUTH PLAIN are accepted",
         ),
     ),
 }

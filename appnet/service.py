@@ -1,0 +1,130 @@
+"""
+Assembly: a checked L{Config} becomes a running C{MultiService}.
+
+L{AppnetContext} holds what every service shares (accounts, the cred portal,
+the mailbox store, stats, TLS options); each protocol package's C{tap}
+module adds its listeners to a C{MultiService} with C{build_service(context,
+parent)}. L{make_service} builds the whole suite, as C{twistd appnet} runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+
+from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm, make_portal
+from appnet.config import SERVICES, Config
+from appnet.stats import GuardedFactory, StatsRegistry
+
+__all__ = ["AppnetContext", "make_service", "listen"]
+
+_log = Logger()
+
+
+class AppnetContext:
+    """
+    The shared service layer of one appnet process.
+
+    @ivar config: the checked configuration
+    @ivar accounts: the L{AccountDatabase}
+    @ivar realm: the L{AppnetRealm} protocols register avatars with
+    @ivar portal: the cred portal every protocol logs in through
+    @ivar mailbox_store: the L{appnet.mailbox.MaildirStore}
+    @ivar stats: the L{StatsRegistry}
+    """
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        from appnet.mailbox import MaildirStore
+
+        self.config = config
+        self.reactor = reactor
+        os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
+        self.accounts = AccountDatabase(
+            config.path("users.json"), config["accounts"]["default_quota"]
+        )
+        self.stats = StatsRegistry()
+        self.realm = AppnetRealm()
+        self.checker = AccountChecker(
+            self.accounts,
+            failed_delay=config["accounts"]["failed_login_delay"],
+            reactor=reactor,
+        )
+        self.portal = make_portal(self.realm, self.checker)
+        self.mailbox_store = MaildirStore(
+            config.path("mail"),
+            quota_for=self.accounts.quota,
+            user_exists=self.accounts.exists,
+            hostname=config.hostname,
+        )
+        self._tls_options: Any = None
+
+    @property
+    def tls_options(self) -> Any:
+        """Server TLS options (the self-signed pair is made on first use)."""
+        if self._tls_options is None:
+            from appnet.tls import server_tls_options
+
+            self._tls_options = server_tls_options(self.config)
+        return self._tls_options
+
+
+def listen(
+    parent: service.MultiService,
+    context: AppnetContext,
+    name: str,
+    factory: Any,
+    *,
+    tls: bool = False,
+    refusal: bytes = b"",
+) -> None:
+    """
+    Add one listener per endpoint of C{[name] listen} (or C{listen_tls}
+    when C{tls}) to C{parent}, each guarded by the service's connection
+    limits and counted in its stats.
+    """
+    section = context.config[name]
+    guarded = GuardedFactory(
+        factory,
+        context.stats.service(name),
+        max_connections=section["max_connections"],
+        max_per_address=section["max_connections_per_address"],
+        refusal=refusal,
+    )
+    if tls:
+        from appnet.tls import implicit_tls_factory
+
+        outer: Any = implicit_tls_factory(guarded, context.tls_options)
+        endpoints = section["listen_tls"]
+    else:
+        outer = guarded
+        endpoints = section["listen"]
+    for description in endpoints:
+        svc = strports.service(description, outer, reactor=context.reactor)
+        svc.setName(f"{name}{'-tls' if tls else ''}:{description}")
+        svc.setServiceParent(parent)
+
+
+def make_service(config: Config, reactor: Any = None, only: tuple[str, ...] | None = None) -> service.MultiService:
+    """
+    Build every enabled service (or just C{only}) over one shared context.
+
+    @return: a C{MultiService}; its C{context} attribute is the
+        L{AppnetContext}
+    """
+    context = AppnetContext(config, reactor)
+    top = service.MultiService()
+    top.context = context  # type: ignore[attr-defined]
+    for name in only or SERVICES:
+        if not config[name]["enabled"] and only is None:
+            continue
+        tap = importlib.import_module(f"appnet.{name}.tap")
+        tap.build_service(context, top)
+    return top
