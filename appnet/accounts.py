@@ -69,12 +69,14 @@ def valid_username(name: str) -> bool:
     return bool(_USERNAME.match(name)) and ".." not in name
 
 
-def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+def hash_password(password: str, *, n: int | None = None, r: int | None = None, p: int | None = None) -> str:
     """
-    Hash a password with scrypt and a fresh 16-byte salt.
+    Hash a password with scrypt and a fresh 16-byte salt, at the module's
+    C{SCRYPT_N}, C{SCRYPT_R}, C{SCRYPT_P} cost unless given.
 
     @return: C{scrypt$N$r$p$salt$hash} with base64 salt and hash
     """
+    n, r, p = n or SCRYPT_N, r or SCRYPT_R, p or SCRYPT_P
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
         password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=32
