@@ -13,14 +13,16 @@ import importlib
 import os
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm, make_portal
 from appnet.config import SERVICES, Config
 from appnet.stats import GuardedFactory, StatsRegistry
 
-__all__ = ["AppnetContext", "make_service", "listen"]
+__all__ = ["AppnetContext", "ListenerService", "make_service", "listen", "listening_ports"]
 
 _log = Logger()
 
@@ -76,6 +78,65 @@ class AppnetContext:
         return self._tls_options
 
 
+class ListenerService(service.Service):
+    """
+    Listens on one endpoint while running.
+
+    Unlike C{strports.service}, it tells which port it bound
+    (C{listening}, a Deferred; C{port} once bound), so a test can listen on
+    port 0; a bind failure at start-up raises, so twistd exits with it.
+    """
+
+    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port: Any = None
+        self.listening: defer.Deferred = defer.Deferred()
+
+    def privilegedStartService(self) -> None:
+        # Bind before twistd drops privileges (ports below 1024).
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        if self.port is not None:
+            return
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError(f"{self.description}: endpoint did not bind synchronously")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self.port = outcome[0]
+        self.listening.callback(self.port)
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            self.listening = defer.Deferred()
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+def listening_ports(top: service.MultiService) -> dict[str, Any]:
+    """
+    Service name -> bound port of every running L{ListenerService} under
+    C{top}; names are C{pop3}, C{pop3-tls}, ... (the first endpoint of each).
+    """
+    ports: dict[str, Any] = {}
+    for svc in top:
+        if isinstance(svc, ListenerService) and svc.port is not None:
+            ports.setdefault(svc.name.split(":", 1)[0], svc.port)
+    return ports
+
+
 def listen(
     parent: service.MultiService,
     context: AppnetContext,
@@ -107,7 +168,7 @@ def listen(
         outer = guarded
         endpoints = section["listen"]
     for description in endpoints:
-        svc = strports.service(description, outer, reactor=context.reactor)
+        svc = ListenerService(description, outer, context.reactor)
         svc.setName(f"{name}{'-tls' if tls else ''}:{description}")
         svc.setServiceParent(parent)
 
