@@ -329,3 +329,25 @@ def load_config(
             "tls.cert and tls.key must be given together",
         )
     return Config(values)
+
+
+def schema_markdown() -> str:
+    """
+    The reference table of every key, as docs/config.md embeds it
+    (regenerate with C{python -m appnet.config}).
+    """
+    out: list[str] = []
+    for section, keys in SCHEMA.items():
+        out.append(f"### {'top level' if not section else '[' + section + ']'}\n")
+        out.append("| key | default | allowed | what it does |")
+        out.append("|---|---|---|---|")
+        for name, key in keys.items():
+            default = "none" if key.default is None else repr(key.default).replace("'", '"')
+            default = default.replace("True", "true").replace("False", "false")
+            out.append(f"| `{name}` | `{default}` | {key.allowed} | {key.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(schema_markdown())

@@ -116,9 +116,8 @@ class IFileWriter(IConsumer):
         form (rename into place for a replacing write).
 
         @return: a Deferred firing with L{bytes_written}, or failing with
-            L{error} (or the error met while finishing: C{QuotaExceeded} on a
-            full disk, L{AlreadyExists} when a create-only target appeared
-            meanwhile); idempotent
+            L{error} (or the error met while finishing, e.g.
+            C{QuotaExceeded} for a full disk); idempotent
         """
 
     def abort(keep_partial: bool = False) -> None:

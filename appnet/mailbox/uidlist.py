@@ -9,13 +9,17 @@ text, C{\\n} line ends::
     appnet-uidlist 1
     uidvalidity 1795438520
     next-uid 43
+    generation 17
     1 1795438520.M738923P7319Q1.vm,S=18,W=21
     7 1700000000.12345_1.mutt-host
 
 The first line names the format and its version. Then the folder's
-UIDVALIDITY, the UID the next message will get, and one line per message:
-its UID, one space, its Maildir key (the file name before C{:2,}), in
-ascending UID order. UIDs are never reused: C{next-uid} only grows, and
+UIDVALIDITY, the UID the next message will get, a counter bumped by every
+write, and one line per message: its UID, one space, its Maildir key (the
+file name before C{:2,}), in ascending UID order. The four header lines are
+the list's I{signature}: a process that cached the list re-reads it only
+when they changed (C{generation} makes that exact, where inode numbers and
+coarse file timestamps could repeat). UIDs are never reused: C{next-uid} only grows, and
 an entry disappears only when its message is expunged. The file is replaced
 as a whole (write C{appnet-uidlist.tmp}, fsync, rename, fsync the
 directory), so a reader sees the old or the new list, never half of one. A

@@ -94,3 +94,17 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(c2["pop3"]["listen"], ["tcp:0:interface=127.0.0.1"])
         self.assertEqual(c["pop3"]["listen"], ["tcp:10110:interface=127.0.0.1"])
         self.assertRaises(ConfigError, c.replace, "pop3", nope=1)
+
+
+class DocsTests(SynchronousTestCase):
+    """docs/config.md documents every key."""
+
+    def test_reference_table_current(self) -> None:
+        """The table in docs/config.md is exactly what the schema generates."""
+        from appnet.config import schema_markdown
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "docs", "config.md")) as f:
+            text = f.read()
+        table = text.split("<!-- schema:begin -->\n", 1)[1].split("<!-- schema:end -->", 1)[0]
+        self.assertEqual(table.strip(), schema_markdown().strip())
