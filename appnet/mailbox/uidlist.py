@@ -54,10 +54,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from appnet.errors import NoSuchMailbox
+
 UIDLIST_FILE = "appnet-uidlist"
 UIDLIST_LOCK_FILE = "appnet-uidlist.lock"
 UIDVALIDITY_FILE = "appnet-uidvalidity"
 _MAGIC = "appnet-uidlist 1"
+_HEADER_LINES = 4
+# Enough for the four header lines whatever the numbers.
+_HEADER_PEEK = 128
 
 _thread_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
     weakref.WeakValueDictionary())
@@ -78,6 +83,7 @@ class UIDList:
 
     uidvalidity: int
     next_uid: int
+    generation: int = 0
     uids: dict[str, int] = field(default_factory=dict)
 
     def assign(self, key: str) -> int:
@@ -98,36 +104,43 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def read_uidlist(folder_path: str) -> tuple[UIDList | None, tuple | None]:
+def _signature_of(data: bytes) -> bytes | None:
+    parts = data.split(b"\n", _HEADER_LINES)
+    if len(parts) <= _HEADER_LINES:
+        return None
+    return b"\n".join(parts[:_HEADER_LINES])
+
+
+def peek_signature(folder_path: str) -> bytes | None:
+    """
+    Return the signature (header lines) of the folder's UID list, or
+    C{None} when there is no list or its header is unreadable.
+    """
+    try:
+        fd = os.open(os.path.join(folder_path, UIDLIST_FILE),
+                     os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return _signature_of(os.pread(fd, _HEADER_PEEK, 0))
+    finally:
+        os.close(fd)
+
+
+def read_uidlist(folder_path: str) -> tuple[UIDList | None, bytes | None]:
     """
     Read a folder's UID list.
 
-    @return: C{(uidlist, signature)}, both C{None} when there is no file;
-        the signature changes whenever the file is replaced
+    @return: C{(uidlist, signature)}, both C{None} when there is no file
     @raise CorruptUIDList: the file exists but does not parse
     """
     path = os.path.join(folder_path, UIDLIST_FILE)
     try:
         with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
             data = f.read()
     except FileNotFoundError:
         return None, None
-    return parse_uidlist(data), uidlist_signature(st)
-
-
-def uidlist_signature(st: os.stat_result) -> tuple[int, int, int]:
-    """The part of a stat result that tells one version of the file from another."""
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def stat_uidlist(folder_path: str) -> tuple[int, int, int] | None:
-    """The signature of the folder's current UID list, C{None} if absent."""
-    try:
-        return uidlist_signature(
-            os.stat(os.path.join(folder_path, UIDLIST_FILE)))
-    except FileNotFoundError:
-        return None
+    return parse_uidlist(data), _signature_of(data)
 
 
 def parse_uidlist(data: bytes) -> UIDList:
@@ -143,18 +156,18 @@ def parse_uidlist(data: bytes) -> UIDList:
     if not text.endswith("\n"):
         raise CorruptUIDList("truncated")
     lines = text[:-1].split("\n")
-    if len(lines) < 3 or lines[0] != _MAGIC:
+    if len(lines) < _HEADER_LINES or lines[0] != _MAGIC:
         raise CorruptUIDList("bad header")
     try:
-        tag1, uidvalidity_text = lines[1].split(" ")
-        tag2, next_uid_text = lines[2].split(" ")
-        if (tag1, tag2) != ("uidvalidity", "next-uid"):
-            raise ValueError(lines[1:3])
-        uidvalidity = int(uidvalidity_text)
-        next_uid = int(next_uid_text)
+        header = [line.split(" ") for line in lines[1:_HEADER_LINES]]
+        if [pair[0] for pair in header] != ["uidvalidity", "next-uid",
+                                             "generation"]:
+            raise ValueError(lines[1:_HEADER_LINES])
+        uidvalidity, next_uid, generation = (int(value)
+                                             for _, value in header)
         uids: dict[str, int] = {}
         last = 0
-        for line in lines[3:]:
+        for line in lines[_HEADER_LINES:]:
             uid_text, key = line.split(" ", 1)
             uid = int(uid_text)
             if not last < uid < next_uid or not key or key in uids:
@@ -164,42 +177,46 @@ def parse_uidlist(data: bytes) -> UIDList:
         raise CorruptUIDList(str(e)) from None
     if not 0 < uidvalidity < 2**32:
         raise CorruptUIDList("uidvalidity out of range")
-    return UIDList(uidvalidity, next_uid, uids)
+    return UIDList(uidvalidity, next_uid, generation, uids)
 
 
 def format_uidlist(uidlist: UIDList) -> bytes:
     """Serialise a L{UIDList}; the inverse of L{parse_uidlist}."""
     lines = [_MAGIC, f"uidvalidity {uidlist.uidvalidity}",
-             f"next-uid {uidlist.next_uid}"]
+             f"next-uid {uidlist.next_uid}",
+             f"generation {uidlist.generation}"]
     entries = sorted(uidlist.uids.items(), key=lambda item: item[1])
     lines.extend(f"{uid} {key}" for key, uid in entries)
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def write_uidlist(folder_path: str, uidlist: UIDList) -> tuple[int, int, int]:
+def write_uidlist(folder_path: str, uidlist: UIDList) -> bytes:
     """
-    Replace the folder's UID list durably. Call under L{folder_lock}.
+    Bump the list's generation and replace the folder's file durably. Call
+    under L{folder_lock}.
 
-    @return: the new file's signature
+    @return: the new signature
     """
+    uidlist.generation += 1
     path = os.path.join(folder_path, UIDLIST_FILE)
     tmp = path + ".tmp"
+    data = format_uidlist(uidlist)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                  0o600)
     try:
-        data = format_uidlist(uidlist)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-        st = os.fstat(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
     # Without this a crash could bring back the old list, and with it UIDs
     # already handed out to other messages.
     fsync_directory(folder_path)
-    return uidlist_signature(st)
+    signature = _signature_of(data)
+    assert signature is not None
+    return signature
 
 
 def _thread_lock(path: str) -> threading.Lock:
@@ -217,12 +234,17 @@ def folder_lock(folder_path: str) -> Iterator[None]:
 
     Not reentrant: code running under it must not take it again.
 
+    @raise NoSuchMailbox: the folder directory is gone
+
     @param folder_path: the folder directory, as an absolute normalised path
         (the key of the in-process lock)
     """
     with _thread_lock(folder_path):
-        fd = os.open(os.path.join(folder_path, UIDLIST_LOCK_FILE),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(os.path.join(folder_path, UIDLIST_LOCK_FILE),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise NoSuchMailbox(folder_path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
