@@ -36,6 +36,7 @@ as well as from the reactor.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import posixpath
 import secrets
@@ -236,9 +237,6 @@ class FileWriter:
         self.error: StoreError | None = None
         self.bytes_written = 0
         self._fd = fd
-        self._file = open(fd, "wb", buffering=WRITE_BUFFER_SIZE, closefd=False)
-        if position:
-            self._file.seek(position)
         self._target = target
         self._temp = temp
         self._position = position
@@ -246,9 +244,19 @@ class FileWriter:
         self._counted = counted
         self._created = created
         self._account = account
-        self._limit = account.limit() if account is not None else None
         self._producer: IPushProducer | None = None
         self._state = _OPEN
+        try:
+            # Asked once per upload: quota changes apply from the next one.
+            self._limit = account.limit() if account is not None else None
+            self._file = open(fd, "wb", buffering=WRITE_BUFFER_SIZE, closefd=False)
+            if position:
+                self._file.seek(position)
+        except BaseException:
+            self._file = io.BytesIO()  # so that _undo has something to close
+            self._state = _ABORTED
+            self._undo()
+            raise
 
     # IConsumer
 
@@ -403,7 +411,8 @@ class _Mount:
 
     @property
     def depth(self) -> int:
-        return len(split_virtual(self.virtual))
+        """Number of components in C{virtual}."""
+        return 0 if self.virtual == "/" else self.virtual.count("/")
 
 
 def _parent(virtual: str) -> str:
@@ -448,7 +457,7 @@ class FileView:
                 raise PermissionDenied("path leads into another area")
         return canonical, mount, host
 
-    def _info(self, canonical: str, st: os.stat_result, mount: _Mount,
+    def _info(self, canonical: str, name: str, st: os.stat_result, mount: _Mount,
               is_root: bool) -> FileInfo | None:
         if statmod.S_ISDIR(st.st_mode):
             kind = "dir"
@@ -457,7 +466,7 @@ class FileView:
         else:
             return None
         return FileInfo(
-            name=posixpath.basename(canonical),
+            name=name,
             path=canonical,
             kind=kind,
             size=st.st_size,
@@ -511,12 +520,13 @@ class FileView:
                     st = entry.stat()
                 except OSError:
                     continue  # Dangling, looping or vanished meanwhile.
-                info = self._info(prefix + name, st, mount, False)
+                info = self._info(prefix + name, name, st, mount, False)
                 if info is not None:
                     infos.append(info)
         for name, child in children.items():
             try:
-                info = self._info(prefix + name, os.stat(child.root), child, True)
+                info = self._info(prefix + name, name, os.stat(child.root), child,
+                                  True)
             except OSError:
                 continue
             if info is not None:
@@ -534,7 +544,7 @@ class FileView:
             st = os.stat(host)
         except OSError as e:
             raise _store_error(e) from None
-        info = self._info(canonical, st, mount, is_root)
+        info = self._info(canonical, posixpath.basename(canonical), st, mount, is_root)
         if info is None:
             raise NotFound(canonical)
         return info
