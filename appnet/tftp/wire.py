@@ -123,15 +123,12 @@ class ErrorCode(enum.IntEnum):
     OPTION_REFUSED = 8
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     """Transfer modes (RFC 1350); C{mail} is obsolete but well-formed."""
 
     NETASCII = "netascii"
     OCTET = "octet"
     MAIL = "mail"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _text_to_bytes(text: str, what: str) -> bytes:
@@ -209,7 +206,8 @@ class ReadRequest:
     RRQ: the client asks to read C{filename}.
 
     @ivar filename: the requested name, as sent (see the module docstring).
-    @ivar mode: the transfer mode.
+    @ivar mode: the transfer mode (the constructor also takes its name, in
+        any case).
     @ivar options: RFC 2347 options, names lower-cased, in the order sent.
     """
 
@@ -227,7 +225,8 @@ class WriteRequest:
     WRQ: the client asks to write C{filename}.
 
     @ivar filename: the requested name, as sent (see the module docstring).
-    @ivar mode: the transfer mode.
+    @ivar mode: the transfer mode (the constructor also takes its name, in
+        any case).
     @ivar options: RFC 2347 options, names lower-cased, in the order sent.
     """
 
@@ -428,15 +427,17 @@ def _decode_request(body: bytes, opcode: Opcode) -> ReadRequest | WriteRequest:
     return cls(filename, mode, options)
 
 
-def decode(datagram: bytes) -> Packet:
+def decode(datagram: bytes | memoryview) -> Packet:
     """
     Parse one datagram.
 
-    @param datagram: the bytes of one UDP datagram.
+    @param datagram: the bytes of one UDP datagram (or a buffer over them).
     @return: the packet.
     @raise DecodeError: if the datagram is not a well-formed TFTP packet (and
         never any other exception).
     """
+    if not isinstance(datagram, bytes):
+        datagram = bytes(datagram)  # e.g. a memoryview; slicing must give bytes
     size = len(datagram)
     if size > MAX_DATAGRAM_SIZE:
         raise DecodeError(f"datagram too large: {size} > {MAX_DATAGRAM_SIZE} octets")
@@ -451,7 +452,7 @@ def decode(datagram: bytes) -> Packet:
         if size < 4:
             raise DecodeError("DATA: truncated block number")
         # Size already bounded above, so the payload is within MAX_BLKSIZE.
-        return Data(_HEADER_BLOCK.unpack_from(datagram)[1], bytes(datagram[4:]))
+        return Data(_HEADER_BLOCK.unpack_from(datagram)[1], datagram[4:])
     if opcode is Opcode.ACK:
         if size != 4:
             raise DecodeError(f"ACK: must be 4 octets, got {size}")
@@ -467,7 +468,7 @@ def decode(datagram: bytes) -> Packet:
     if opcode is Opcode.OACK:
         fields = _split_strings(datagram[2:], "OACK")
         return OptionAck(_decode_options(fields, "OACK"))
-    return _decode_request(bytes(datagram[2:]), opcode)
+    return _decode_request(datagram[2:], opcode)
 
 
 # Netascii (RFC 764 via RFC 1350): end of line is CR LF on the wire, a bare CR
