@@ -197,6 +197,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "default_quota": Key(None, _size, _SIZE_ALLOWED, "per-user byte quota"),
     },
+    "files": {
+        "incoming": Key(
+            False,
+            _bool,
+            "true or false",
+            "offer public/incoming/, where anonymous may upload but not list or read",
+        ),
+        "incoming_limit": Key(None, _size, _SIZE_ALLOWED, "byte limit of public/incoming/"),
+    },
     "tls": {
         "cert": Key(
             None, _optional(_str), "a PEM file path", "certificate chain (PEM); none: self-signed"

@@ -22,7 +22,7 @@ from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm, make_p
 from appnet.config import SERVICES, Config
 from appnet.stats import GuardedFactory, StatsRegistry
 
-__all__ = ["AppnetContext", "ListenerService", "make_service", "listen", "listening_ports"]
+__all__ = ["AppnetContext", "ListenerService", "DatagramListenerService", "make_service", "listen", "listening_ports"]
 
 _log = Logger()
 
@@ -36,6 +36,7 @@ class AppnetContext:
     @ivar realm: the L{AppnetRealm} protocols register avatars with
     @ivar portal: the cred portal every protocol logs in through
     @ivar mailbox_store: the L{appnet.mailbox.MaildirStore}
+    @ivar file_store: the L{appnet.filesystem.FileStore} (C{<data_dir>/files})
     @ivar stats: the L{StatsRegistry}
     """
 
@@ -65,6 +66,14 @@ class AppnetContext:
             quota_for=self.accounts.quota,
             user_exists=self.accounts.exists,
             hostname=config.hostname,
+        )
+        from appnet.filesystem import FileStore
+
+        self.file_store = FileStore(
+            config.path("files"),
+            quota_for=self.accounts.quota,
+            incoming=config["files"]["incoming"],
+            incoming_limit=config["files"]["incoming_limit"],
         )
         self._tls_options: Any = None
 
@@ -125,6 +134,59 @@ class ListenerService(service.Service):
         return None
 
 
+class DatagramListenerService(service.Service):
+    """
+    Listens on one UDP address while running (C{udp:PORT:interface=ADDR}).
+
+    Twisted has no UDP endpoints, so this parses the same
+    C{udp:PORT[:interface=ADDR]} form the config uses and calls
+    C{reactor.listenUDP}. Like L{ListenerService}, it exposes the bound
+    C{port} and raises on a failed bind at start-up.
+    """
+
+    def __init__(self, description: str, protocol: Any, reactor: Any) -> None:
+        self.description = description
+        self.protocol = protocol
+        self.reactor = reactor
+        self.port: Any = None
+        self.listening: defer.Deferred = defer.Deferred()
+        kind, _, rest = description.partition(":")
+        fields = rest.split(":")
+        if kind != "udp" or not fields or not fields[0].isdigit():
+            raise ValueError(f"not a UDP address: {description!r}")
+        self.port_number = int(fields[0])
+        self.interface = ""
+        for field in fields[1:]:
+            key, _, value = field.partition("=")
+            if key == "interface":
+                self.interface = value.replace("\\:", ":")
+            else:
+                raise ValueError(f"unknown UDP option {key!r} in {description!r}")
+
+    def privilegedStartService(self) -> None:
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        if self.port is None:
+            self.port = self.reactor.listenUDP(
+                self.port_number, self.protocol, interface=self.interface
+            )
+            self.listening.callback(self.port)
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            self.listening = defer.Deferred()
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
 def listening_ports(top: service.MultiService) -> dict[str, Any]:
     """
     Service name -> bound port of every running L{ListenerService} under
@@ -132,7 +194,7 @@ def listening_ports(top: service.MultiService) -> dict[str, Any]:
     """
     ports: dict[str, Any] = {}
     for svc in top:
-        if isinstance(svc, ListenerService) and svc.port is not None:
+        if isinstance(svc, (ListenerService, DatagramListenerService)) and svc.port is not None:
             ports.setdefault(svc.name.split(":", 1)[0], svc.port)
     return ports
 

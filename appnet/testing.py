@@ -33,7 +33,10 @@ from appnet import accounts
 from appnet.config import load_config
 from appnet.service import listening_ports, make_service
 
-__all__ = ["start_mail_server", "MailServerFixture"]
+__all__ = ["start_mail_server", "MailServerFixture", "MAIL_SERVICES"]
+
+#: The services L{start_mail_server} starts.
+MAIL_SERVICES = ("pop3",)
 
 
 class MailServerFixture:
@@ -146,7 +149,7 @@ async def start_mail_server(
             "accounts": {"failed_login_delay": float(failed_login_delay)},
         },
     )
-    top = make_service(config, reactor)
+    top = make_service(config, reactor, only=MAIL_SERVICES)
     if fast_hashes:
         saved = accounts.SCRYPT_N
         accounts.SCRYPT_N = 1 << 4
