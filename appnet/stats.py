@@ -112,6 +112,7 @@ class GuardedFactory(WrappingFactory):
     """
 
     protocol = _GuardedProtocol
+    noisy = False
 
     def __init__(
         self,

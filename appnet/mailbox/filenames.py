@@ -102,23 +102,17 @@ def split_name(name: str) -> tuple[str, str | None]:
     return key, None
 
 
-def _name_field(key: str, field: str) -> int | None:
-    start = key.find(field)
-    if start < 0:
-        return None
-    start += len(field)
-    end = key.find(",", start)
-    digits = key[start:] if end < 0 else key[start:end]
-    return int(digits) if digits.isdigit() else None
+_S_FIELD = re.compile(r",S=(\d+)(?=,|\Z)")
+_W_FIELD = re.compile(r",W=(\d+)(?=,|\Z)")
 
 
 def sizes_from_key(key: str) -> tuple[int | None, int | None]:
     """
     Return the C{(S=, W=)} sizes a key carries, C{None} where absent.
     """
-    if "," not in key:
-        return None, None
-    return _name_field(key, ",S="), _name_field(key, ",W=")
+    s = _S_FIELD.search(key)
+    w = _W_FIELD.search(key)
+    return (int(s.group(1)) if s else None, int(w.group(1)) if w else None)
 
 
 def crlf_size(data: bytes) -> int:
@@ -188,16 +182,18 @@ class KeywordsFile:
                 self._signature = signature
             return list(self._names)
 
-    def flags_of(self, letters: str) -> tuple[frozenset[str], str]:
+    def flags_of(self, letters: str, names: list[str | None] | None = None
+                 ) -> tuple[frozenset[str], str]:
         """
         Translate info letters.
+
+        @param names: the result of L{names}, when the caller already has it
 
         @return: C{(flags, kept)}: the IMAP flags, and the letters that have
             no IMAP meaning here and must survive a rewrite of the flags
         """
         flags = set()
         kept = []
-        names: list[str | None] | None = None
         for letter in letters:
             flag = LETTER_FLAGS.get(letter)
             if flag is not None:
@@ -230,7 +226,8 @@ class KeywordsFile:
             else:
                 letters.add(letter)
         if keywords:
-            letters.update(self._keyword_letters(keywords))
+            # Sorted, so new keywords get their letters in a stable order.
+            letters.update(self._keyword_letters(sorted(keywords)))
         return "".join(sorted(letters))
 
     def _keyword_letters(self, keywords: list[str]) -> list[str]:

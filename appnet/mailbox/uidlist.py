@@ -160,8 +160,8 @@ def parse_uidlist(data: bytes) -> UIDList:
         raise CorruptUIDList("bad header")
     try:
         header = [line.split(" ") for line in lines[1:_HEADER_LINES]]
-        if [pair[0] for pair in header] != ["uidvalidity", "next-uid",
-                                             "generation"]:
+        tags = [pair[0] for pair in header]
+        if tags != ["uidvalidity", "next-uid", "generation"]:
             raise ValueError(lines[1:_HEADER_LINES])
         uidvalidity, next_uid, generation = (int(value)
                                              for _, value in header)

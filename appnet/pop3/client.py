@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.mail.pop3 import AdvancedPOP3Client
-from twisted.mail.pop3client import ServerErrorResponse
+from twisted.mail.pop3 import ServerErrorResponse
 
 from appnet.errors import ProtocolError
 

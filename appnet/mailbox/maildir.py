@@ -1,0 +1,936 @@
+"""
+The Maildir++ mailbox store: one Maildir++ per user under one root.
+
+Layout
+======
+::
+
+    <root>/<user>/                 INBOX: cur/ new/ tmp/
+    <root>/<user>/.Sent/           folder "Sent" (Maildir++ dot-folder)
+    <root>/<user>/.Work.2026/      folder "Work/2026"
+    <root>/<user>/.Entw&APw-rfe/   folder "Entwürfe" (IMAP modified UTF-7)
+
+Dovecot (C{mail_location = maildir:<root>/%u}, namespace separator C{/}),
+mutt and mbsync read this layout as it is, and we read what they write. The
+folder name rules (and why a C{.} inside a folder name is refused) are in
+L{appnet.mailbox.names}; the file name and flag formats, including
+Dovecot's C{dovecot-keywords}, in L{appnet.mailbox.filenames}; the UID list
+and locking in L{appnet.mailbox.uidlist}.
+
+Files of our own in each maildir, all ignored by other Maildir readers (they
+only look into C{cur/}, C{new/} and dot-directories):
+
+    - C{appnet-uidlist}, C{appnet-uidlist.lock}: per folder, UIDs and their
+      lock;
+    - C{appnet-uidvalidity}: per user, the last UIDVALIDITY handed out;
+    - C{appnet-maildrop.lock}: per user, the POP3 maildrop lock
+      (C{fcntl.flock}, so it dies with its holder).
+    - C{maildirfolder}: the empty marker the Maildir++ specification asks for
+      in every sub-folder.
+
+Our UIDs are our own: Dovecot keeps its UIDs in C{dovecot-uidlist}, which
+we neither read nor write, so the two number messages independently.
+
+Messages
+========
+Stored with LF line ends: C{add_message} stores
+C{message.replace(b"\\r\\n", b"\\n")}. C{size} is the stored length and
+C{rfc822_size} the length once every bare LF becomes CRLF. Files written by
+other tools are served exactly as they are on disk.
+
+Delivery writes C{tmp/<key>}, fsyncs it, renames it into C{new/} (or into
+C{cur/} with its info suffix when delivered with flags), fsyncs that
+directory and only then returns. The quota (sum of the stored sizes of all
+the user's folders, computed from C{S=} in file names) is checked before
+anything is written; two deliveries racing past the check together can
+overshoot it by one message each, as with Dovecot's Maildir++ quota.
+
+Flag changes rename the file into C{cur/} and are not fsynced: a crash may
+lose a flag change, never a message.
+
+Blocking
+========
+Everything here blocks on the filesystem. L{MaildirStore.deliver} runs it
+through C{run_blocking} (a thread by default); protocols call the other
+methods from a thread too (or accept a short block for small operations).
+A scan lists C{new/} and C{cur/} with C{os.scandir}, takes sizes from the
+names, and stats each message once per store instance for its arrival date.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from appnet.errors import (
+    MailboxExists,
+    MailboxLocked,
+    NoSuchMailbox,
+    NoSuchMessage,
+    NoSuchUser,
+    PermissionDenied,
+    QuotaExceeded,
+)
+from appnet.mailbox.errors import InvalidFolderName
+from appnet.mailbox.filenames import (
+    KeywordsFile,
+    crlf_size,
+    escape_hostname,
+    new_key,
+    normalize_flags,
+    sizes_from_key,
+    split_name,
+)
+from appnet.mailbox.interfaces import (
+    IFolder,
+    IMaildropLock,
+    IMailboxStore,
+    MessageInfo,
+)
+from appnet.mailbox.names import (
+    INBOX,
+    folder_dir_name,
+    folder_name_from_dir,
+    normalize_folder_name,
+    validate_user_name,
+)
+from appnet.mailbox.uidlist import (
+    CorruptUIDList,
+    UIDList,
+    allocate_uidvalidity,
+    folder_lock,
+    fsync_directory,
+    peek_signature,
+    read_uidlist,
+    write_uidlist,
+)
+
+_log = Logger()
+
+MAILDROP_LOCK_FILE = "appnet-maildrop.lock"
+MAILDIRFOLDER_FILE = "maildirfolder"
+_SUBDIRS = ("cur", "new", "tmp")
+
+# Listing again after a change younger than this could miss a second change
+# stamped with the same (coarse) directory mtime.
+_RACY_NS = 2_000_000_000
+
+# Seams for the durability tests, which record the order of these calls.
+_fsync = os.fsync
+_fsync_directory = fsync_directory
+_rename = os.rename
+
+_held_maildrops: set[str] = set()
+_held_maildrops_guard = threading.Lock()
+
+
+def _arrival_order(key: str) -> tuple[int, int, str]:
+    # Keys start "<secs>.M<usecs>P..." (ours, Dovecot's) or "<secs>.<...>"
+    # (older tools): number new files in arrival order where we can tell.
+    secs, _, rest = key.partition(".")
+    usecs = 0
+    if rest.startswith("M"):
+        digits = rest[1:].partition("P")[0]
+        if digits.isdigit():
+            usecs = int(digits)
+    return (int(secs) if secs.isdigit() else 0, usecs, key)
+
+
+def _measure_crlf_size(f: IO[bytes]) -> int:
+    total = 0
+    previous = b""
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            return total
+        total += crlf_size(chunk)
+        if previous == b"\r" and chunk[:1] == b"\n":
+            total -= 1  # a CRLF split across two chunks was counted as LF
+        previous = chunk[-1:]
+
+
+class _FolderState:
+    """
+    What one store remembers about one folder directory, shared by every
+    L{MaildirFolder} it hands out for it. Everything here is a cache that
+    checks itself against the disk.
+
+    @ivar locations: UID to C{(subdir, file name)} as last seen
+    @ivar facts: key to C{(mtime, size, rfc822_size)}, measured once
+    @ivar infos: C{(subdir, file name)} to the L{MessageInfo} last built
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.uidlist: UIDList | None = None
+        self.signature: bytes | None = None
+        self.locations: dict[int, tuple[str, str]] = {}
+        self.facts: dict[str, tuple[float, int, int]] = {}
+        self.infos: dict[tuple[str, str], MessageInfo] = {}
+        self.infos_stamp: tuple[int, tuple[str | None, ...]] | None = None
+        self.keywords = KeywordsFile(path)
+
+
+@implementer(IFolder)
+class MaildirFolder:
+    """
+    One Maildir++ folder of one user; see L{IFolder}.
+
+    Get one from L{MaildirStore.folder}. Every method blocks on the
+    filesystem and is safe to call from several threads and processes at
+    once.
+
+    @ivar name: the canonical folder name (C{INBOX}, C{Work/2026})
+    @ivar user: the owner
+    @ivar path: the folder's directory
+    """
+
+    def __init__(self, store: MaildirStore, user: str, name: str, path: str,
+                 user_path: str, state: _FolderState) -> None:
+        self._store = store
+        self.user = user
+        self.name = name
+        self.path = path
+        self._user_path = user_path
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"<MaildirFolder {self.user}:{self.name} at {self.path}>"
+
+    # -- the UID list ------------------------------------------------------
+
+    @property
+    def uidvalidity(self) -> int:
+        """The folder's UIDVALIDITY (creates the UID list if needed)."""
+        with folder_lock(self.path):
+            return self._load_locked().uidvalidity
+
+    def next_uid(self) -> int:
+        """The UID the next message added to this folder will get."""
+        with folder_lock(self.path):
+            return self._load_locked().next_uid
+
+    def _load_locked(self) -> UIDList:
+        state = self._state
+        signature = peek_signature(self.path)
+        if (state.uidlist is not None and signature is not None
+                and signature == state.signature):
+            return state.uidlist
+        try:
+            uidlist, signature = read_uidlist(self.path)
+        except CorruptUIDList as e:
+            _log.warn("Replacing corrupt UID list of {folder!r}: {error}",
+                      folder=self, error=str(e))
+            uidlist = None
+        if uidlist is None:
+            # A new UIDVALIDITY tells clients every UID they knew is void.
+            uidlist = UIDList(allocate_uidvalidity(self._user_path), 1)
+            self._save_locked(uidlist)
+        else:
+            state.uidlist, state.signature = uidlist, signature
+        return uidlist
+
+    def _save_locked(self, uidlist: UIDList) -> None:
+        state = self._state
+        try:
+            state.signature = write_uidlist(self.path, uidlist)
+            state.uidlist = uidlist
+        except BaseException:
+            state.uidlist = state.signature = None
+            raise
+
+    # -- scanning ----------------------------------------------------------
+
+    def _list_files(self) -> dict[str, tuple[str, str, os.DirEntry[str]]]:
+        found: dict[str, tuple[str, str, os.DirEntry[str]]] = {}
+        # new/ before cur/: a file moved from new/ to cur/ while we list is
+        # then seen at least once, and cur/ (the later state) wins.
+        for sub in ("new", "cur"):
+            try:
+                it = os.scandir(os.path.join(self.path, sub))
+            except FileNotFoundError:
+                if not os.path.isdir(self.path):
+                    raise NoSuchMailbox(self.name) from None
+                continue
+            with it:
+                for entry in it:
+                    name = entry.name
+                    # Dot files are not messages (Maildir spec); a key with
+                    # a line break could not be written to the UID list.
+                    if (name[0] == "." or "\n" in name or "\r" in name
+                            or not entry.is_file(follow_symlinks=False)):
+                        continue
+                    found[name.partition(":")[0]] = (sub, name, entry)
+        return found
+
+    def _facts(self, key: str, sub: str, name: str,
+               entry: os.DirEntry[str] | None = None
+               ) -> tuple[float, int, int] | None:
+        facts = self._state.facts
+        fact = facts.get(key)
+        if fact is not None:
+            return fact
+        size, vsize = sizes_from_key(key)
+        try:
+            if vsize is None:
+                with open(os.path.join(self.path, sub, name), "rb") as f:
+                    st = os.fstat(f.fileno())
+                    vsize = _measure_crlf_size(f)
+            elif entry is not None:
+                st = entry.stat(follow_symlinks=False)
+            else:
+                st = os.stat(os.path.join(self.path, sub, name))
+        except FileNotFoundError:
+            return None
+        if size is None:
+            size = st.st_size
+        fact = facts[key] = (st.st_mtime, size, vsize)
+        return fact
+
+    def _scan_locked(self) -> list[MessageInfo]:
+        files = self._list_files()
+        uidlist = self._load_locked()
+        uids = uidlist.uids
+        changed = False
+        if any(key not in files for key in uids):
+            # Another tool renaming a file while we list can hide it from
+            # one listing; only forget a UID when a second listing agrees.
+            files = self._list_files()
+            for key in [key for key in uids if key not in files]:
+                del uids[key]
+                changed = True
+        new_keys = [key for key in files if key not in uids]
+        if new_keys:
+            for key in sorted(new_keys, key=_arrival_order):
+                uidlist.assign(key)
+            changed = True
+        if changed:
+            self._save_locked(uidlist)
+
+        state = self._state
+        keywords = state.keywords
+        keyword_names = keywords.names()
+        # A MessageInfo is immutable and determined by its file name, the
+        # UID of its key and the keyword letters: reuse last scan's objects.
+        stamp = (uidlist.uidvalidity, tuple(keyword_names))
+        previous = state.infos if state.infos_stamp == stamp else {}
+        current: dict[tuple[str, str], MessageInfo] = {}
+        flags_by_letters: dict[str | None, frozenset[str]] = {}
+        locations: dict[int, tuple[str, str]] = {}
+        infos = []
+        for key, (sub, name, entry) in files.items():
+            uid = uids[key]
+            info = previous.get((sub, name))
+            if info is None or info.uid != uid:
+                fact = self._facts(key, sub, name, entry)
+                if fact is None:
+                    continue  # gone since we listed it; the next scan forgets it
+                letters = split_name(name)[1]
+                flags = flags_by_letters.get(letters)
+                if flags is None:
+                    flags = flags_by_letters[letters] = keywords.flags_of(
+                        letters or "", keyword_names)[0]
+                info = MessageInfo(uid, key, fact[1], fact[2], flags, fact[0],
+                                   sub == "new")
+            current[(sub, name)] = info
+            locations[uid] = (sub, name)
+            infos.append(info)
+        infos.sort(key=lambda info: info.uid)
+        state.locations = locations
+        state.infos, state.infos_stamp = current, stamp
+        if len(state.facts) > 2 * len(files) + 64:
+            state.facts = {k: v for k, v in state.facts.items() if k in files}
+        return infos
+
+    def messages(self) -> list[MessageInfo]:
+        """Rescan the folder; its messages in ascending UID order."""
+        with folder_lock(self.path):
+            return self._scan_locked()
+
+    def _info(self, uid: int, sub: str, name: str) -> MessageInfo:
+        key, letters = split_name(name)
+        fact = self._facts(key, sub, name)
+        if fact is None:
+            raise NoSuchMessage(uid)
+        flags = self._state.keywords.flags_of(letters or "")[0]
+        return MessageInfo(uid, key, fact[1], fact[2], flags, fact[0],
+                           sub == "new")
+
+    # -- reading -----------------------------------------------------------
+
+    def open_message(self, uid: int) -> IO[bytes]:
+        """
+        Open the message for reading in binary mode; the caller closes it.
+
+        @raise NoSuchMessage: it is gone (expunged by another session)
+        """
+        for attempt in range(3):
+            location = self._state.locations.get(uid)
+            if location is None or attempt:
+                # Unknown to us yet, or moved (flags changed elsewhere).
+                with folder_lock(self.path):
+                    self._scan_locked()
+                location = self._state.locations.get(uid)
+                if location is None:
+                    break
+            try:
+                return open(os.path.join(self.path, *location), "rb")
+            except FileNotFoundError:
+                continue
+        raise NoSuchMessage(uid)
+
+    def read_message(self, uid: int) -> bytes:
+        """
+        The whole message as stored.
+
+        @raise NoSuchMessage: it is gone
+        """
+        with self.open_message(uid) as f:
+            return f.read()
+
+    # -- changing ----------------------------------------------------------
+
+    def set_flags(self, uid: int, flags: Iterable[str]) -> MessageInfo:
+        """
+        Replace the message's flags: rename it into C{cur/} with the new
+        info suffix. Letters without IMAP meaning (C{P}, keywords Dovecot's
+        file does not name) are kept. C{\\Recent} cannot be set.
+
+        @raise NoSuchMessage: it is gone
+        @raise InvalidFlag: a flag is not storable
+        @raise TooManyKeywords: all 26 keyword letters are taken
+        """
+        wanted = normalize_flags(flags)
+        keywords = self._state.keywords
+        with folder_lock(self.path):
+            for attempt in range(3):
+                location = self._state.locations.get(uid)
+                if location is None or attempt:
+                    self._scan_locked()
+                    location = self._state.locations.get(uid)
+                    if location is None:
+                        break
+                sub, name = location
+                key, letters = split_name(name)
+                kept = keywords.flags_of(letters or "")[1]
+                new_name = f"{key}:2,{keywords.letters_for(wanted, kept)}"
+                if (sub, name) != ("cur", new_name):
+                    try:
+                        _rename(os.path.join(self.path, sub, name),
+                                os.path.join(self.path, "cur", new_name))
+                    except FileNotFoundError:
+                        continue
+                    self._state.locations[uid] = ("cur", new_name)
+                return self._info(uid, "cur", new_name)
+        raise NoSuchMessage(uid)
+
+    def add_message(self, message: bytes, flags: Iterable[str] = frozenset(),
+                    internal_date: float | None = None) -> MessageInfo:
+        """
+        Store a message durably and return its info; see L{IFolder}.
+
+        The message is stored with CRLF turned into LF. Without flags it
+        goes to C{new/} (recent); with flags straight to C{cur/}. When
+        C{internal_date} is given it becomes the file's mtime, which is
+        where Dovecot, too, keeps the arrival date.
+
+        @raise QuotaExceeded: it would take the owner over quota (nothing
+            is written)
+        @raise InvalidFlag: a flag is not storable
+        """
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise TypeError(f"message must be bytes, not {type(message)}")
+        wanted = normalize_flags(flags)
+        data = bytes(message).replace(b"\r\n", b"\n")
+        size, vsize = len(data), crlf_size(data)
+        self._store._check_quota(self.user, size)
+        letters = self._state.keywords.letters_for(wanted) if wanted else ""
+
+        tmp_path, fd = self._create_tmp(size, vsize)
+        key = os.path.basename(tmp_path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            _fsync(fd)
+            if internal_date is not None:
+                os.utime(fd, (internal_date, internal_date))
+            mtime = os.fstat(fd).st_mtime
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp_path)
+            raise
+        os.close(fd)
+
+        sub, name = ("cur", f"{key}:2,{letters}") if letters else ("new", key)
+        dest = os.path.join(self.path, sub, name)
+        try:
+            with folder_lock(self.path):
+                _rename(tmp_path, dest)
+                uidlist = self._load_locked()
+                uid = uidlist.assign(key)
+                self._save_locked(uidlist)
+                self._state.locations[uid] = (sub, name)
+                # Under the lock: a scan may be pruning this dict.
+                self._state.facts[key] = (mtime, size, vsize)
+            _fsync_directory(os.path.join(self.path, sub))
+        except BaseException:
+            # Do not leave a message the caller was told failed: it would
+            # be delivered twice when the sender retries.
+            for leftover in (tmp_path, dest):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+            raise
+        self._store._note_added(self.path, sub)
+        return MessageInfo(uid, key, size, vsize, wanted, mtime, sub == "new")
+
+    def _create_tmp(self, size: int, vsize: int) -> tuple[str, int]:
+        tmp_dir = os.path.join(self.path, "tmp")
+        for _ in range(100):
+            path = os.path.join(tmp_dir, new_key(self._store.hostname, size,
+                                                 vsize))
+            try:
+                return path, os.open(
+                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    0o600)
+            except FileExistsError:
+                continue  # the counter moves on
+            except FileNotFoundError:
+                if not os.path.isdir(self.path):
+                    raise NoSuchMailbox(self.name) from None
+                os.makedirs(tmp_dir, 0o700, exist_ok=True)
+        raise OSError(f"cannot create a unique file in {tmp_dir}")
+
+    def expunge(self, uids: Iterable[int]) -> list[int]:
+        """
+        Remove these messages for good.
+
+        @return: the UIDs actually removed, ascending; a UID that is
+            unknown or already gone (another session expunged it) is left
+            out, not an error
+        """
+        wanted = list(dict.fromkeys(uids))
+        removed: list[tuple[int, str]] = []
+        with folder_lock(self.path):
+            missing = [uid for uid in wanted if not self._unlink(uid, removed)]
+            if missing:
+                self._scan_locked()
+                for uid in missing:
+                    self._unlink(uid, removed)
+            if removed:
+                uidlist = self._load_locked()
+                for uid, key in removed:
+                    if uidlist.uids.get(key) == uid:
+                        del uidlist.uids[key]
+                self._save_locked(uidlist)
+        return sorted(uid for uid, _ in removed)
+
+    def _unlink(self, uid: int, removed: list[tuple[int, str]]) -> bool:
+        location = self._state.locations.get(uid)
+        if location is None:
+            return False
+        try:
+            os.unlink(os.path.join(self.path, *location))
+        except FileNotFoundError:
+            return False
+        del self._state.locations[uid]
+        key = split_name(location[1])[0]
+        self._state.facts.pop(key, None)
+        removed.append((uid, key))
+        return True
+
+
+@implementer(IMaildropLock)
+class MaildirMaildropLock:
+    """
+    The exclusive POP3 hold on one user's INBOX; see L{IMaildropLock}.
+
+    Also a context manager. Dropping the last reference releases it too,
+    but sessions should call L{release} when they end.
+
+    @ivar folder: the locked INBOX
+    """
+
+    def __init__(self, folder: MaildirFolder, lock_path: str,
+                 fd: int) -> None:
+        self.folder = folder
+        self._finalizer = weakref.finalize(self, _release_maildrop,
+                                           lock_path, fd)
+
+    @property
+    def held(self) -> bool:
+        """True until released."""
+        return self._finalizer.alive
+
+    def release(self) -> None:
+        """Release the lock. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> MaildirMaildropLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _release_maildrop(lock_path: str, fd: int) -> None:
+    with _held_maildrops_guard:
+        # Close (dropping the flock) before forgetting the holder, or another
+        # thread could see the name free yet fail the flock.
+        os.close(fd)
+        _held_maildrops.discard(lock_path)
+
+
+@implementer(IMailboxStore)
+class MaildirStore:
+    """
+    Every user's mail as one Maildir++ per user; see L{IMailboxStore} and
+    this module's docstring.
+
+    @ivar root: the directory holding one maildir per user
+    @ivar hostname: the host part of new file names, escaped
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        quota_for: Callable[[str], int | None] | None = None,
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        hostname: str | None = None,
+        user_exists: Callable[[str], bool] | None = None,
+    ) -> None:
+        """
+        @param root: the directory holding C{<user>/} maildirs (created on
+            demand)
+        @param quota_for: the user's byte limit, C{None} for none; no
+            callable means no quotas
+        @param run_blocking: C{run_blocking(f, *args)} runs blocking work
+            and returns a Deferred of its result; default
+            L{twisted.internet.threads.deferToThread}
+        @param hostname: host name for new file names; default
+            L{socket.gethostname}
+        @param user_exists: tells L{deliver} whether an account exists;
+            without it any well-formed user name is accepted
+        """
+        self.root = os.path.realpath(os.fspath(root))
+        self._quota_for = quota_for
+        if run_blocking is None:
+            from twisted.internet.threads import deferToThread
+            run_blocking = deferToThread
+        self._run_blocking = run_blocking
+        self.hostname = escape_hostname(hostname or socket.gethostname())
+        self._user_exists = user_exists
+        self._states: dict[str, _FolderState] = {}
+        self._states_guard = threading.Lock()
+        # directory -> ((inode, mtime_ns), total stored size)
+        self._usage_cache: dict[str, tuple[tuple[int, int], int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<MaildirStore at {self.root}>"
+
+    # -- paths -------------------------------------------------------------
+
+    def _user_path(self, user: str) -> str:
+        return os.path.join(self.root, validate_user_name(user))
+
+    def _ensure_user(self, user: str) -> str:
+        user_path = self._user_path(user)
+        _ensure_maildir(user_path)
+        return user_path
+
+    def _folder_path(self, user_path: str, name: str) -> str:
+        dir_name = folder_dir_name(name)
+        return user_path if dir_name is None else os.path.join(user_path,
+                                                               dir_name)
+
+    def _state_for(self, path: str) -> _FolderState:
+        with self._states_guard:
+            state = self._states.get(path)
+            if state is None:
+                state = self._states[path] = _FolderState(path)
+            return state
+
+    def _forget_states(self, path: str) -> None:
+        with self._states_guard:
+            for known in list(self._states):
+                if known == path or known.startswith(path + "."):
+                    del self._states[known]
+
+    # -- IMailboxStore -----------------------------------------------------
+
+    def deliver(self, user: str, message: bytes, folder: str = INBOX,
+                flags: Iterable[str] = frozenset()
+                ) -> defer.Deferred[MessageInfo]:
+        """
+        Deliver a message; see L{IMailboxStore.deliver}. All the work,
+        including the C{user_exists} check, runs through C{run_blocking}.
+
+        @return: a Deferred firing with the L{MessageInfo} once the message
+            is durable, or failing with L{NoSuchUser} (also for malformed
+            names), L{NoSuchMailbox}, L{QuotaExceeded}
+        """
+        return defer.maybeDeferred(self._run_blocking, self._deliver,
+                                   user, message, folder, flags)
+
+    def _deliver(self, user: str, message: bytes, folder: str,
+                 flags: Iterable[str]) -> MessageInfo:
+        validate_user_name(user)
+        if self._user_exists is not None and not self._user_exists(user):
+            raise NoSuchUser(user)
+        return self.folder(user, folder).add_message(message, flags)
+
+    def folder(self, user: str, name: str = INBOX) -> MaildirFolder:
+        """
+        The user's folder; the user's maildir is created on demand (and a
+        folder's missing C{cur/}, C{new/}, C{tmp/}, as Dovecot does).
+
+        @raise NoSuchMailbox: the folder does not exist
+        @raise InvalidUserName: malformed user name
+        @raise InvalidFolderName: malformed folder name
+        """
+        name = normalize_folder_name(name)
+        user_path = self._ensure_user(user)
+        path = self._folder_path(user_path, name)
+        if path != user_path:
+            if not os.path.isdir(path):
+                raise NoSuchMailbox(name)
+            _ensure_maildir(path)
+        return MaildirFolder(self, user, name, path, user_path,
+                             self._state_for(path))
+
+    def _folder_dirs(self, user_path: str) -> list[tuple[str, str]]:
+        result = []
+        with os.scandir(user_path) as it:
+            for entry in it:
+                if (entry.name.startswith(".")
+                        and entry.is_dir(follow_symlinks=False)):
+                    name = folder_name_from_dir(entry.name)
+                    if name is not None:
+                        result.append((name, entry.path))
+        return result
+
+    def list_folders(self, user: str) -> list[str]:
+        """Names of the user's folders: C{INBOX}, then the rest sorted."""
+        user_path = self._ensure_user(user)
+        return [INBOX] + sorted(name for name, _ in
+                                self._folder_dirs(user_path))
+
+    def create_folder(self, user: str, name: str) -> MaildirFolder:
+        """
+        Create a folder (its parents are not created: Maildir++ needs none).
+
+        @raise MailboxExists: it exists already (C{INBOX} always does)
+        """
+        name = normalize_folder_name(name)
+        user_path = self._ensure_user(user)
+        path = self._folder_path(user_path, name)
+        if path == user_path:
+            raise MailboxExists(name)
+        try:
+            # mkdir, not rename: renaming onto an empty directory succeeds.
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            raise MailboxExists(name) from None
+        _ensure_maildir(path)
+        os.close(os.open(os.path.join(path, MAILDIRFOLDER_FILE),
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        fsync_directory(user_path)
+        return self.folder(user, name)
+
+    def delete_folder(self, user: str, name: str) -> None:
+        """
+        Delete a folder and its messages. Its sub-folders stay (they are
+        separate directories in Maildir++), as Dovecot does.
+
+        @raise NoSuchMailbox: it does not exist
+        @raise PermissionDenied: for C{INBOX}
+        """
+        name = normalize_folder_name(name)
+        user_path = self._ensure_user(user)
+        path = self._folder_path(user_path, name)
+        if path == user_path:
+            raise PermissionDenied("INBOX cannot be deleted")
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise NoSuchMailbox(name)
+        # Renamed away first so the folder vanishes at once for everyone;
+        # "..name" is no valid folder directory, so nobody lists it.
+        trash = os.path.join(user_path, f"..appnet-deleted.{uuid.uuid4().hex}")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            raise NoSuchMailbox(name) from None
+        self._forget_states(path)
+        shutil.rmtree(trash, onerror=self._log_rmtree_error)
+
+    @staticmethod
+    def _log_rmtree_error(function: object, path: str,
+                          exc_info: object) -> None:
+        _log.warn("Could not remove {path} of a deleted folder", path=path)
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        """
+        Rename a folder and all its sub-folders (IMAP RENAME). The UIDs and
+        UIDVALIDITY move with it.
+
+        @raise NoSuchMailbox: C{old} does not exist
+        @raise MailboxExists: C{new} (or where a sub-folder would go) exists
+        @raise PermissionDenied: C{old} is C{INBOX} (IMAP's move-all-mail
+            rename of INBOX is not supported)
+        @raise InvalidFolderName: C{new} is inside C{old}, or a name is bad
+        """
+        old = normalize_folder_name(old)
+        new = normalize_folder_name(new)
+        if old == INBOX:
+            raise PermissionDenied("renaming INBOX is not supported")
+        if new == INBOX or new == old:
+            raise MailboxExists(new)
+        if new.startswith(old + "/"):
+            raise InvalidFolderName(f"cannot move {old!r} inside itself")
+        user_path = self._ensure_user(user)
+        old_path = self._folder_path(user_path, old)
+        if not os.path.isdir(old_path):
+            raise NoSuchMailbox(old)
+        moves = [(old_path, self._folder_path(user_path, new))]
+        for name, path in sorted(self._folder_dirs(user_path)):
+            if name.startswith(old + "/"):
+                target = normalize_folder_name(new + name[len(old):])
+                moves.append((path, self._folder_path(user_path, target)))
+        for _, target_path in moves:
+            if os.path.lexists(target_path):
+                raise MailboxExists(folder_name_from_dir(
+                    os.path.basename(target_path)) or new)
+        for source_path, target_path in moves:
+            os.rename(source_path, target_path)
+            self._forget_states(source_path)
+        fsync_directory(user_path)
+
+    def lock_maildrop(self, user: str) -> MaildirMaildropLock:
+        """
+        Take the exclusive POP3 lock on the user's INBOX: against this
+        process (a registry of held locks) and other processes
+        (C{fcntl.flock} on C{appnet-maildrop.lock}, freed by the kernel if
+        the holder dies).
+
+        @raise MailboxLocked: another session holds it
+        """
+        inbox = self.folder(user)
+        lock_path = os.path.join(inbox.path, MAILDROP_LOCK_FILE)
+        with _held_maildrops_guard:
+            if lock_path in _held_maildrops:
+                raise MailboxLocked(user)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise MailboxLocked(user) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            _held_maildrops.add(lock_path)
+        return MaildirMaildropLock(inbox, lock_path, fd)
+
+    def quota(self, user: str) -> tuple[int, int | None]:
+        """(bytes used by all the user's folders, byte limit or C{None})."""
+        validate_user_name(user)
+        limit = self._quota_for(user) if self._quota_for is not None else None
+        return self._usage(user), limit
+
+    # -- quota -------------------------------------------------------------
+
+    def _check_quota(self, user: str, size: int) -> None:
+        if self._quota_for is None:
+            return
+        limit = self._quota_for(user)
+        if limit is None:
+            return
+        used = self._usage(user)
+        if used + size > limit:
+            raise QuotaExceeded(
+                f"{user}: {used} + {size} bytes exceeds the {limit} byte quota")
+
+    def _usage(self, user: str) -> int:
+        user_path = self._user_path(user)
+        if not os.path.isdir(user_path):
+            return 0
+        total = self._folder_usage(user_path)
+        for _, path in self._folder_dirs(user_path):
+            total += self._folder_usage(path)
+        return total
+
+    def _folder_usage(self, path: str) -> int:
+        total = 0
+        for sub in ("new", "cur"):
+            directory = os.path.join(path, sub)
+            now_ns = time.time_ns()
+            try:
+                st = os.stat(directory)
+            except FileNotFoundError:
+                continue
+            signature = (st.st_ino, st.st_mtime_ns)
+            cached = self._usage_cache.get(directory)
+            if cached is not None and cached[0] == signature:
+                total += cached[1]
+                continue
+            used = _directory_usage(directory)
+            if now_ns - st.st_mtime_ns > _RACY_NS:
+                self._usage_cache[directory] = (signature, used)
+            else:
+                self._usage_cache.pop(directory, None)
+            total += used
+        return total
+
+    def _note_added(self, path: str, sub: str) -> None:
+        # Our own addition changed the directory; its cached total is void.
+        self._usage_cache.pop(os.path.join(path, sub), None)
+
+
+def _directory_usage(directory: str) -> int:
+    total = 0
+    try:
+        it = os.scandir(directory)
+    except FileNotFoundError:
+        return 0
+    with it:
+        for entry in it:
+            name = entry.name
+            if name[0] == ".":
+                continue
+            size = sizes_from_key(name.partition(":")[0])[0]
+            if size is None:
+                try:
+                    size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+            total += size
+    return total
+
+
+def _ensure_maildir(path: str) -> None:
+    for sub in _SUBDIRS:
+        sub_path = os.path.join(path, sub)
+        if not os.path.isdir(sub_path):
+            os.makedirs(sub_path, 0o700, exist_ok=True)
+
+
+__all__ = [
+    "MaildirFolder",
+    "MaildirMaildropLock",
+    "MaildirStore",
+    "MAILDROP_LOCK_FILE",
+]
