@@ -4,6 +4,8 @@ The C{appnet} console command: accounts, local delivery, and clients.
     appnet [--config FILE] [--data DIR] user add|passwd|del|list [NAME]
     appnet [--config FILE] [--data DIR] mail deliver USER < message.eml
     appnet pop3 fetch --host H --port P --user U [--tls starttls|implicit|none] [--delete] [--out DIR]
+    appnet tftp get|put [--host H] [--port P] [--blksize N] [--windowsize N] FILE [NAME]
+    appnet dns query NAME [TYPE] [--server H] [--port P] [--tcp] [--timeout S]
 
 Passwords are prompted for on a terminal and read as one line from standard
 input otherwise, so scripts can pipe them in.
@@ -62,6 +64,33 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     fetch.add_argument("--delete", action="store_true", help="delete retrieved messages")
     fetch.add_argument("--out", default=".", help="directory for the .eml files")
+
+    tftp = sub.add_parser("tftp", help="TFTP client").add_subparsers(dest="action", required=True)
+    for action, what in (("get", "download a file"), ("put", "upload a file")):
+        t = tftp.add_parser(action, help=what)
+        t.add_argument("--host", default="127.0.0.1")
+        t.add_argument("--port", type=int, default=10069)
+        t.add_argument("--blksize", type=int, help="block size option, 8-65464 (e.g. 1468)")
+        t.add_argument("--windowsize", type=int, help="window size option, 1-65535 (e.g. 16)")
+        t.add_argument("--timeout", type=int, help="timeout option in seconds, 1-255")
+        t.add_argument("--no-tsize", dest="tsize", action="store_false",
+                       help="do not ask for / announce the file size")
+        t.add_argument("--netascii", action="store_true", help="netascii mode (default octet)")
+        if action == "get":
+            t.add_argument("remote", help="file name on the server")
+            t.add_argument("local", nargs="?", help="where to save it (default: its base name)")
+        else:
+            t.add_argument("local", help="file to send")
+            t.add_argument("remote", nargs="?", help="name on the server (default: base name)")
+    dns_cmd = sub.add_parser("dns", help="DNS client").add_subparsers(dest="action", required=True)
+    dns_query = dns_cmd.add_parser("query", help="ask a DNS server; print the answer like dig")
+    dns_query.add_argument("name")
+    dns_query.add_argument("type", nargs="?", default="A", help="record type (default A)")
+    dns_query.add_argument("--server", default="127.0.0.1", help="server IP address")
+    dns_query.add_argument("--port", type=int, default=10053)
+    dns_query.add_argument("--tcp", action="store_true", help="ask over TCP")
+    dns_query.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
+    dns_query.add_argument("--norecurse", action="store_true", help="clear RD")
     return p
 
 
@@ -134,18 +163,26 @@ def _pop3_fetch(args: argparse.Namespace) -> int:
             sys.stderr.write("\n")
 
     async def run(reactor: Any) -> None:
-        result = await fetch_mail(
-            args.host,
-            args.port,
-            args.user,
-            password,
-            tls=args.tls,
-            cafile=args.cafile,
-            verify=not args.insecure,
-            delete=args.delete,
-            progress=progress,
-            reactor=reactor,
-        )
+        from OpenSSL import SSL
+        from twisted.internet import defer, error
+
+        try:
+            result = await fetch_mail(
+                args.host,
+                args.port,
+                args.user,
+                password,
+                tls=args.tls,
+                cafile=args.cafile,
+                verify=not args.insecure,
+                delete=args.delete,
+                progress=progress,
+                reactor=reactor,
+            )
+        except (AppnetError, error.ConnectError, error.ConnectionLost, SSL.Error,
+                defer.TimeoutError, OSError) as e:
+            # task.react would print a traceback; one line says it all.
+            raise SystemExit(f"appnet: pop3 fetch: {e}")
         for m in result.messages:
             path = os.path.join(args.out, f"{m.uid}.eml")
             with open(path, "wb") as f:
@@ -159,6 +196,102 @@ def _pop3_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tftp_transfer(args: argparse.Namespace) -> int:
+    import time
+
+    from twisted.internet import defer, task
+
+    from appnet.tftp import client
+    from appnet.tftp.machine import RequestedOptions, TransferError
+
+    netascii = args.netascii
+    options = RequestedOptions(
+        blksize=args.blksize,
+        windowsize=args.windowsize,
+        timeout=args.timeout,
+        tsize=args.tsize and not (netascii and args.action == "put"),
+    )
+    mode = "netascii" if netascii else "octet"
+    last = [0.0]
+    started = time.monotonic()
+
+    def progress(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.1 and done != total:
+            return
+        last[0] = now
+        rate = done / max(now - started, 1e-6) / 1e6
+        if total:
+            width = 30
+            filled = width * min(done, total) // total
+            bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        else:
+            bar = f"{done} bytes"
+        sys.stderr.write(f"\r{bar} {rate:.1f} MB/s")
+
+    async def run(reactor: Any) -> None:
+        if args.action == "get":
+            local = args.local or os.path.basename(args.remote.replace("\\", "/")) or "download"
+            d = client.get(args.host, args.port, args.remote, local, mode=mode,
+                           options=options, progress=progress, reactor=reactor)
+            where = f"{args.remote} -> {local}"
+        else:
+            remote = args.remote or os.path.basename(args.local)
+            d = client.put(args.host, args.port, remote, args.local, mode=mode,
+                           options=options, progress=progress, reactor=reactor)
+            where = f"{args.local} -> {remote}"
+        try:
+            result = await d
+        except TransferError as e:
+            sys.stderr.write("\n")
+            raise SystemExit(f"appnet: tftp {args.action} {where}: {e}")
+        stats = result.stats
+        seconds = max(stats.duration, 1e-6)
+        sys.stderr.write("\n")
+        print(f"{where}: {stats.file_bytes} bytes in {seconds:.2f} s "
+              f"({stats.file_bytes / seconds / 1e6:.1f} MB/s, blksize {stats.options.blksize}, "
+              f"windowsize {stats.options.windowsize})")
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    return 0
+
+
+def _dns_query(args: argparse.Namespace) -> int:
+    """Print the answer section as dig does; exit 1 on an error RCODE."""
+    import dns.flags
+    import dns.rcode
+    from twisted.internet import task
+
+    from appnet.dns.client import DNSClient, DNSError, records_of
+
+    outcome: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        client = DNSClient([(args.server, args.port)], timeout=args.timeout, tcp=args.tcp, reactor=reactor)
+        try:
+            outcome["reply"] = await client.query(
+                args.name, args.type.upper(), recursion_desired=not args.norecurse
+            )
+        except DNSError as e:
+            outcome["error"] = e
+
+    from twisted.internet import defer
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as e:
+        if e.code:
+            raise
+    if "error" in outcome:
+        raise SystemExit(f"appnet: {outcome['error']}")
+    reply = outcome["reply"]
+    rcode = reply.rcode()
+    print(f";; status: {dns.rcode.to_text(rcode)}, flags: {dns.flags.to_text(reply.flags).lower()}")
+    for record in records_of(reply):
+        print(record.to_text())
+    return 0 if rcode == dns.rcode.NOERROR else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the C{appnet} command."""
     args = _parser().parse_args(argv)
@@ -169,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _deliver(args)
         if args.command == "pop3":
             return _pop3_fetch(args)
+        if args.command == "dns":
+            return _dns_query(args)
+        if args.command == "tftp":
+            return _tftp_transfer(args)
     except ConfigError as e:
         raise SystemExit(f"appnet: {e}")
     except (AppnetError, ValueError) as e:
