@@ -87,21 +87,22 @@ class AppnetContext:
         return self._tls_options
 
 
-class ListenerService(service.Service):
+class _Listener(service.Service):
     """
-    Listens on one endpoint while running.
-
-    Unlike C{strports.service}, it tells which port it bound
-    (C{listening}, a Deferred; C{port} once bound), so a test can listen on
-    port 0; a bind failure at start-up raises, so twistd exits with it.
+    A service that listens while running and tells where (C{port}, and
+    C{listening}, a Deferred); a failed bind at start-up raises, so twistd
+    exits with it. Subclasses define C{_bind()}.
     """
 
-    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
-        self.description = description
-        self.factory = factory
-        self.reactor = reactor
+    description: str
+    reactor: Any
+
+    def __init__(self) -> None:
         self.port: Any = None
         self.listening: defer.Deferred = defer.Deferred()
+
+    def _bind(self) -> Any:
+        raise NotImplementedError
 
     def privilegedStartService(self) -> None:
         # Bind before twistd drops privileges (ports below 1024).
@@ -113,17 +114,9 @@ class ListenerService(service.Service):
         super().startService()
 
     def _listen(self) -> None:
-        if self.port is not None:
-            return
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
-        outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise RuntimeError(f"{self.description}: endpoint did not bind synchronously")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self.port = outcome[0]
-        self.listening.callback(self.port)
+        if self.port is None:
+            self.port = self._bind()
+            self.listening.callback(self.port)
 
     def stopService(self) -> defer.Deferred | None:
         super().stopService()
@@ -134,22 +127,44 @@ class ListenerService(service.Service):
         return None
 
 
-class DatagramListenerService(service.Service):
+class ListenerService(_Listener):
     """
-    Listens on one UDP address while running (C{udp:PORT:interface=ADDR}).
+    Listens on one stream endpoint string (C{tcp:}, C{unix:}, C{systemd:}...).
 
-    Twisted has no UDP endpoints, so this parses the same
-    C{udp:PORT[:interface=ADDR]} form the config uses and calls
-    C{reactor.listenUDP}. Like L{ListenerService}, it exposes the bound
-    C{port} and raises on a failed bind at start-up.
+    Unlike C{strports.service}, it tells which port it bound, so a test can
+    listen on port 0.
+    """
+
+    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+        super().__init__()
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+
+    def _bind(self) -> Any:
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError(f"{self.description}: endpoint did not bind synchronously")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+
+class DatagramListenerService(_Listener):
+    """
+    Listens on one UDP address (C{udp:PORT[:interface=ADDR]}).
+
+    Twisted has no UDP endpoints, so this parses the same form the config
+    uses and calls C{reactor.listenUDP}.
     """
 
     def __init__(self, description: str, protocol: Any, reactor: Any) -> None:
+        super().__init__()
         self.description = description
         self.protocol = protocol
         self.reactor = reactor
-        self.port: Any = None
-        self.listening: defer.Deferred = defer.Deferred()
         kind, _, rest = description.partition(":")
         fields = rest.split(":")
         if kind != "udp" or not fields or not fields[0].isdigit():
@@ -163,28 +178,8 @@ class DatagramListenerService(service.Service):
             else:
                 raise ValueError(f"unknown UDP option {key!r} in {description!r}")
 
-    def privilegedStartService(self) -> None:
-        self._listen()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        self._listen()
-        super().startService()
-
-    def _listen(self) -> None:
-        if self.port is None:
-            self.port = self.reactor.listenUDP(
-                self.port_number, self.protocol, interface=self.interface
-            )
-            self.listening.callback(self.port)
-
-    def stopService(self) -> defer.Deferred | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            self.listening = defer.Deferred()
-            return defer.maybeDeferred(port.stopListening)
-        return None
+    def _bind(self) -> Any:
+        return self.reactor.listenUDP(self.port_number, self.protocol, interface=self.interface)
 
 
 def listening_ports(top: service.MultiService) -> dict[str, Any]:
@@ -194,7 +189,7 @@ def listening_ports(top: service.MultiService) -> dict[str, Any]:
     """
     ports: dict[str, Any] = {}
     for svc in top:
-        if isinstance(svc, (ListenerService, DatagramListenerService)) and svc.port is not None:
+        if isinstance(svc, _Listener) and svc.port is not None:
             ports.setdefault(svc.name.split(":", 1)[0], svc.port)
     return ports
 

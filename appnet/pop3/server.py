@@ -39,6 +39,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from appnet.errors import MailboxLocked, NoSuchMessage
+from appnet.lines import BoundedLines
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript
 
@@ -197,16 +198,13 @@ def redact(line: str) -> str:
     return line
 
 
-class POP3Server(_tpop3.POP3):
+class POP3Server(BoundedLines, _tpop3.POP3):
     """
     One POP3 session. Built by L{POP3ServerFactory}; see the module
     docstring for what it changes in C{twisted.mail.pop3.POP3}.
     """
 
     factory: POP3ServerFactory
-    _buffer = b""
-    _discarding = False
-    _stls_cut = False
     _sasl: Callable[[bytes], None] | None = None
     _failed_logins = 0
     _tls = False
@@ -261,42 +259,13 @@ class POP3Server(_tpop3.POP3):
             message = str(message).encode("utf-8")
         self.sendLine(b"-ERR " + message if message else b"-ERR")
 
-    # -- framing ------------------------------------------------------------
+    # -- framing (appnet.lines.BoundedLines) -------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Split lines (CRLF or LF), bounded by the factory's C{max_line}.
-        After STLS, whatever followed it in cleartext is dropped.
-        """
-        self._stls_cut = False
-        buf = self._buffer + data if self._buffer else data
-        start = 0
-        limit = self.factory.max_line
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
-            if self._discarding:
-                self._discarding = False
-                continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > limit:
-                self.failResponse(b"line too long")
-                continue
-            self.lineReceived(line)
-            if self._stls_cut or self.transport.disconnecting:
-                self._buffer = b""
-                return
-        rest = buf[start:]
-        if len(rest) > limit:
-            if not self._discarding:
-                self.failResponse(b"line too long")
-                self._discarding = True
-            rest = b""
-        self._buffer = rest
+    def max_line_length(self) -> int:
+        return self.factory.max_line
+
+    def line_too_long(self) -> None:
+        self.failResponse(b"line too long")
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -455,7 +424,7 @@ class POP3Server(_tpop3.POP3):
             self.failResponse(b"TLS not available")
             return
         self.successResponse(b"begin TLS negotiation")
-        self._stls_cut = True
+        self.cut_after_this_line()
         self._userIs = None
         self.transport.startTLS(self.factory.tls_options)
         self._tls = True
