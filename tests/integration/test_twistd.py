@@ -34,55 +34,7 @@ from tests.integration.test_pop3_loopback import (
     the_reactor,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child Python: ours, with the repo root on PYTHONPATH."""
-    env = dict(os.environ)
-    path = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
-    env.update(extra)
-    return env
-
-
-def twistd_argv() -> list[str]:
-    """The twistd next to this Python, or twistd run through this Python."""
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def appnet_argv() -> list[str]:
-    """The C{appnet} console command, run through this Python."""
-    return [sys.executable, "-m", "appnet.cli"]
-
-
-def run_process(
-    argv: list[str],
-    *,
-    stdin: bytes = b"",
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-    timeout: float = 60,
-) -> defer.Deferred:
-    """
-    Run a command to completion in a thread (the reactor keeps serving).
-
-    @return: a Deferred firing with the C{subprocess.CompletedProcess}
-        (bytes stdout and stderr); it fails with C{subprocess.TimeoutExpired}
-        (the child killed) after C{timeout} seconds
-    """
-    return threads.deferToThread(
-        subprocess.run,
-        argv,
-        input=stdin,
-        capture_output=True,
-        env=env if env is not None else subprocess_env(),
-        cwd=cwd,
-        timeout=timeout,
-    )
+from tests.support import REPO_ROOT, appnet_argv, run_process, subprocess_env, twistd_argv
 
 
 class ServerProcess(protocol.ProcessProtocol):
