@@ -1,0 +1,237 @@
+"""
+The TFTP benchmark: one 64 MiB download per (server, client, options), on
+loopback, one run each; MB/s (10^6 octets per second) and our ratio.
+
+Servers:
+  - appnet: C{twistd -n appnet-tftp} (this checkout), as deployed;
+  - tftpd-hpa: C{in.tftpd -L -s DIR -a 127.0.0.1:PORT};
+  - tftpy (PyPI), when C{--tftpy-python} names a Python that has it.
+
+Clients and options (the issue's matrix):
+  - tftp-hpa C{tftp}, RFC 1350 lock-step (blksize 512: it sends no options);
+  - atftp C{--option "blksize 1468"} and C{"blksize 65464"};
+  - atftp with C{"windowsize 16"} too (tftpd-hpa 5.2 ignores windowsize, so
+    it runs lock-step there: the comparison shows what pipelining buys).
+
+Every download is checked (size and SHA-256) and bounded by C{--timeout};
+every server is stopped at the end. Run from the repository root::
+
+    python bench/tftp/run.py [--size-mib 64] [--tftpy-python /path/to/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = [
+    ("tftp-hpa", "blksize 512", []),
+    ("atftp", "blksize 1468", ["blksize 1468"]),
+    ("atftp", "blksize 65464", ["blksize 65464"]),
+    ("atftp", "blksize 1468, windowsize 16", ["blksize 1468", "windowsize 16"]),
+    ("atftp", "blksize 65464, windowsize 16", ["blksize 65464", "windowsize 16"]),
+]
+
+_TFTPY_SERVER = """
+import logging, sys, tftpy
+logging.getLogger("tftpy").setLevel(logging.ERROR)
+tftpy.TftpServer(sys.argv[1]).listen("127.0.0.1", int(sys.argv[2]))
+"""
+
+
+@dataclass
+class Result:
+    server: str
+    client: str
+    options: str
+    seconds: float | None
+    error: str = ""
+
+    def rate(self, size: int) -> float | None:
+        return size / self.seconds / 1e6 if self.seconds else None
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_udp_server(port: int, deadline: float) -> None:
+    """Poll with an RRQ for a missing file until any answer comes (bounded)."""
+    request = b"\x00\x01no-such-file\x00octet\x00"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(request, ("127.0.0.1", port))
+            try:
+                s.recvfrom(2048)
+                return
+            except (socket.timeout, ConnectionRefusedError):
+                continue
+    raise RuntimeError(f"no TFTP server answered on port {port}")
+
+
+def start_appnet(data_dir: str, port: int) -> subprocess.Popen:
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "-l", os.path.join(data_dir, "twistd.log"),
+         "appnet-tftp", "--data", data_dir, "--listen", f"udp:{port}:interface=127.0.0.1"],
+        env=env, cwd=data_dir, stdin=subprocess.DEVNULL,
+    )
+
+
+def start_tftpd_hpa(root: str, port: int) -> subprocess.Popen:
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    tftpd = shutil.which("in.tftpd") or "/usr/sbin/in.tftpd"
+    return subprocess.Popen([tftpd, "-L", "-s", root, "-a", f"127.0.0.1:{port}", *user],
+                            stdin=subprocess.DEVNULL)
+
+
+def start_tftpy(python: str, root: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen([python, "-c", _TFTPY_SERVER, root, str(port)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def download(client: str, options: list[str], port: int, name: str, target: str,
+             timeout: float) -> float:
+    if client == "tftp-hpa":
+        argv = ["tftp", "-m", "binary", "127.0.0.1", str(port), "-c", "get", name, target]
+    else:
+        argv = ["atftp"]
+        for option in options:
+            argv += ["--option", option]
+        argv += ["-g", "-r", name, "-l", target, "127.0.0.1", str(port)]
+    if os.path.exists(target):
+        os.unlink(target)
+    started = time.perf_counter()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+    return time.perf_counter() - started
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=180, help="seconds per download")
+    parser.add_argument("--tftpy-python", help="a Python with tftpy installed")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs per cell, the best one reported (default 1, as the issue asks)")
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    work = tempfile.mkdtemp(prefix="tftp-bench-")
+    try:
+        appnet_data = os.path.join(work, "appnet")
+        public = os.path.join(appnet_data, "files", "public")
+        os.makedirs(public)
+        source = os.path.join(public, "bench.bin")
+        with open(source, "wb") as f:
+            remaining = size
+            while remaining:
+                chunk = os.urandom(min(remaining, 1 << 20))
+                f.write(chunk)
+                remaining -= len(chunk)
+        digest = sha256(source)
+        # tftpd-hpa chroots into its root: give it its own hard link.
+        hpa_root = os.path.join(work, "hpa")
+        os.makedirs(hpa_root)
+        os.link(source, os.path.join(hpa_root, "bench.bin"))
+        servers: list[tuple[str, callable]] = [
+            ("appnet", lambda port: start_appnet(appnet_data, port)),
+            ("tftpd-hpa", lambda port: start_tftpd_hpa(hpa_root, port)),
+        ]
+        if args.tftpy_python:
+            servers.append(("tftpy", lambda port: start_tftpy(args.tftpy_python, hpa_root, port)))
+        results: list[Result] = []
+        target = os.path.join(work, "downloaded.bin")
+        # Every server runs at once, and each case visits them back to back,
+        # so that a noisy neighbour on the machine hits all of them alike.
+        running: list[tuple[str, int, subprocess.Popen]] = []
+        try:
+            for server_name, start in servers:
+                port = free_udp_port()
+                running.append((server_name, port, start(port)))
+            for server_name, port, _ in running:
+                wait_for_udp_server(port, time.monotonic() + 30)
+            for client, label, options in CASES:
+                for server_name, port, _ in running:
+                    if server_name == "tftpy" and "65464" in label:
+                        continue  # keep the slowest server's run bounded
+                    best: float | None = None
+                    problem = ""
+                    for _ in range(max(1, args.runs)):
+                        try:
+                            seconds = download(client, options, port, "bench.bin", target,
+                                               args.timeout)
+                        except subprocess.TimeoutExpired:
+                            problem = "timed out"
+                            continue
+                        if not (os.path.exists(target) and os.path.getsize(target) == size
+                                and sha256(target) == digest):
+                            problem = "file differs"
+                            continue
+                        best = seconds if best is None else min(best, seconds)
+                    results.append(Result(server_name, client, label, best, problem))
+                    print(f"{server_name:10} {client:9} {label:30} "
+                          + (f"{size / best / 1e6:8.1f} MB/s" if best else "FAILED " + problem),
+                          flush=True)
+        finally:
+            for _, _, process in running:
+                process.terminate()
+            for _, _, process in running:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        print()
+        print(f"{args.size_mib} MiB download, loopback, one run each; MB/s = 10^6 octets/s")
+        print()
+        others = [name for name, _ in servers if name != "appnet"]
+        header = "| client | options | appnet | " + " | ".join(others) + " | " + \
+            " | ".join(f"appnet / {name}" for name in others) + " |"
+        print(header)
+        print("|" + "---|" * (3 + 2 * len(others)))
+        for client, label, _ in CASES:
+            row = {r.server: r for r in results if r.client == client and r.options == label}
+            ours = row.get("appnet")
+            cells = [client, label, _fmt(ours, size)]
+            cells += [_fmt(row.get(name), size) for name in others]
+            for name in others:
+                theirs = row.get(name)
+                a, b = (ours.rate(size) if ours else None), (theirs.rate(size) if theirs else None)
+                cells.append(f"{a / b:.2f}x" if a and b else "-")
+            print("| " + " | ".join(cells) + " |")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fmt(result: Result | None, size: int) -> str:
+    if result is None:
+        return "-"
+    rate = result.rate(size)
+    return f"{rate:.1f}" if rate else result.error
+
+
+if __name__ == "__main__":
+    sys.exit(main())
