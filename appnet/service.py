@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from typing import Any
 
 from twisted.application import service
@@ -166,7 +167,8 @@ class DatagramListenerService(_Listener):
         self.protocol = protocol
         self.reactor = reactor
         kind, _, rest = description.partition(":")
-        fields = rest.split(":")
+        # Colons inside values are escaped as in endpoint strings (\\: for IPv6).
+        fields = re.split(r"(?<!\\):", rest)
         if kind != "udp" or not fields or not fields[0].isdigit():
             raise ValueError(f"not a UDP address: {description!r}")
         self.port_number = int(fields[0])
@@ -202,11 +204,15 @@ def listen(
     *,
     tls: bool = False,
     refusal: bytes = b"",
+    tls_options: Any = None,
 ) -> None:
     """
     Add one listener per endpoint of C{[name] listen} (or C{listen_tls}
     when C{tls}) to C{parent}, each guarded by the service's connection
     limits and counted in its stats.
+
+    @param tls_options: server TLS options for C{tls} listeners instead of
+        C{context.tls_options} (FTPS needs a session cache)
     """
     section = context.config[name]
     guarded = GuardedFactory(
@@ -219,7 +225,7 @@ def listen(
     if tls:
         from appnet.tls import implicit_tls_factory
 
-        outer: Any = implicit_tls_factory(guarded, context.tls_options)
+        outer: Any = implicit_tls_factory(guarded, tls_options or context.tls_options)
         endpoints = section["listen_tls"]
     else:
         outer = guarded
