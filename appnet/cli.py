@@ -5,7 +5,8 @@ The C{appnet} console command: accounts, local delivery, and clients.
     appnet [--config FILE] [--data DIR] mail deliver USER < message.eml
     appnet pop3 fetch --host H --port P --user U [--tls starttls|implicit|none] [--delete] [--out DIR]
     appnet tftp get|put [--host H] [--port P] [--blksize N] [--windowsize N] FILE [NAME]
-    appnet dns query NAME [TYPE] [--server H] [--port P] [--tcp] [--timeout S]
+    appnet dns query NAME [TYPE] [--server IP] [--port P] [--tcp] [--norecurse] [--timeout S]
+    appnet ftp ls|get|put [--host H] [--port P] [--user U] [--tls explicit|implicit|none] [--resume] ...
 
 Passwords are prompted for on a terminal and read as one line from standard
 input otherwise, so scripts can pipe them in.
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             t.add_argument("local", help="file to send")
             t.add_argument("remote", nargs="?", help="name on the server (default: base name)")
+    from appnet.ftp.cli import add_parser as _add_ftp_parser
+
+    _add_ftp_parser(sub)
     dns_cmd = sub.add_parser("dns", help="DNS client").add_subparsers(dest="action", required=True)
     dns_query = dns_cmd.add_parser("query", help="ask a DNS server; print the answer like dig")
     dns_query.add_argument("name")
@@ -306,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dns_query(args)
         if args.command == "tftp":
             return _tftp_transfer(args)
+        if args.command == "ftp":
+            from appnet.ftp.cli import run as _ftp_run
+
+            return _ftp_run(args, _read_password)
     except ConfigError as e:
         raise SystemExit(f"appnet: {e}")
     except (AppnetError, ValueError) as e:

@@ -69,6 +69,26 @@ def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return check
 
 
+def _port_range(v: Any) -> tuple[int, int]:
+    if not isinstance(v, str):
+        raise ValueError
+    low, sep, high = v.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo <= hi <= 65535:
+        raise ValueError
+    return (lo, hi)
+
+
+def _ipv4(v: Any) -> str:
+    import ipaddress
+
+    if not isinstance(v, str):
+        raise ValueError
+    return str(ipaddress.IPv4Address(v))
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def wrapped(v: Any) -> Any:
         if v in ("", None):
@@ -138,6 +158,74 @@ def _size(v: Any) -> int | None:
 
 
 _LISTEN_DOC = "Twisted server endpoint strings, e.g. tcp:110:interface=0.0.0.0"
+
+
+def _virtual_dir(v: Any) -> str:
+    """A virtual directory path of the filesystem store (C{/}, C{/boot})."""
+    v = _str(v)
+    if not v.startswith("/") or "\\" in v or "\0" in v or ".." in v.split("/"):
+        raise ValueError
+    return v
+
+
+def _udp_endpoints(v: Any) -> list[str]:
+    """A list of C{udp:PORT[:interface=ADDR]} strings."""
+    v = _endpoints(v)
+    if not all(s.startswith("udp:") for s in v):
+        raise ValueError
+    return v
+
+
+
+def _stream_endpoints(v: Any) -> list[str]:
+    """Endpoint strings for a stream (TCP) listener: C{udp:} is refused."""
+    v = _endpoints(v)
+    if any(s.startswith("udp:") for s in v):
+        raise ValueError
+    return v
+
+
+def _ip(v: Any) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(_str(v)))
+
+
+def _cidrs(v: Any) -> list[str]:
+    """A list of networks (C{"10.0.0.0/8"}, C{"::1/128"}; a bare address is one host)."""
+    import ipaddress
+
+    if not isinstance(v, list):
+        raise ValueError
+    return [str(ipaddress.ip_network(_str(c), strict=False)) for c in v]
+
+
+def _dns_servers(v: Any) -> list[str]:
+    """A list of C{"IP"}, C{"IP:PORT"} or C{"[IPv6]:PORT"} strings."""
+    import ipaddress
+
+    if not isinstance(v, list):
+        raise ValueError
+    for item in v:
+        text = _str(item)
+        if text.startswith("["):
+            host, _, port = text[1:].partition("]:")
+        elif text.count(":") == 1:
+            host, _, port = text.partition(":")
+        else:
+            host, port = text, "53"
+        ipaddress.ip_address(host)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    return list(v)
+
+
+def _rr_lines(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(s, str) and s.strip() for s in v):
+        raise ValueError
+    return list(v)
+
+
 _SIZE_ALLOWED = 'a positive byte count or a size like "512M", "2G"; 0 for none'
 
 
@@ -228,10 +316,159 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "where USER/PASS and AUTH PLAIN are accepted",
         ),
     ),
+    "tftp": {
+        "enabled": Key(True, _bool, "true or false", "start this service"),
+        "listen": Key(
+            ["udp:10069:interface=127.0.0.1"],
+            _udp_endpoints,
+            "a list of udp:PORT:interface=ADDR strings",
+            "UDP addresses of the well-known port, e.g. udp:69:interface=0.0.0.0",
+        ),
+        "trace": Key(
+            False, _bool, "true or false", "log one line per transfer (options, bytes, duration)"
+        ),
+        "root": Key(
+            "/", _virtual_dir, 'a path in public/ starting with "/"', "directory of public/ served"
+        ),
+        "writable": Key(
+            False,
+            _bool,
+            "true or false",
+            "accept uploads (WRQ), create-only, into upload_dir; needs [files] incoming",
+        ),
+        "upload_dir": Key(
+            "/incoming", _virtual_dir, 'a path starting with "/"', "where uploads go"
+        ),
+        "timeout": Key(1, _int_range(1, 255), "seconds, 1 to 255", "retransmission timeout"),
+        "retries": Key(5, _int_range(0, 100), "0 to 100", "retransmissions before giving up"),
+        "max_blksize": Key(65464, _int_range(8, 65464), "8 to 65464", "largest blksize granted"),
+        "max_windowsize": Key(64, _int_range(1, 65535), "1 to 65535", "largest windowsize granted"),
+        "max_transfers": Key(1000, _int_range(1, 100_000), "1 to 100000", "concurrent transfers"),
+        "max_transfers_per_client": Key(
+            10, _int_range(1, 100_000), "1 to 100000", "concurrent transfers per client address"
+        ),
+        "max_file_size": Key(None, _size, _SIZE_ALLOWED, "largest upload accepted"),
+    },
+    "ftp": _service_keys(
+        10021,
+        10990,
+        passive_ports=Key(
+            None,
+            _optional(_port_range),
+            'none (any free port) or "LOW-HIGH", 1024 to 65535',
+            "ports PASV/EPSV listen on (open them in the firewall)",
+        ),
+        masquerade_address=Key(
+            None,
+            _optional(_ipv4),
+            "none or an IPv4 address",
+            "address PASV advertises (the public address behind NAT)",
+        ),
+        anonymous=Key(
+            True, _bool, "true or false", "accept anonymous/ftp with any password (public/ read-only)"
+        ),
+        require_tls=Key(
+            False, _bool, "true or false", "users must AUTH TLS and PROT P (anonymous exempt)"
+        ),
+        require_tls_session_reuse=Key(
+            False,
+            _bool,
+            "true or false",
+            "protected data connections must resume the control connection's TLS session",
+        ),
+        data_timeout=Key(
+            30, _int_range(1, 3600), "seconds, 1 to 3600", "wait for a data connection this long"
+        ),
+    ),
+    "dns": {
+        "enabled": Key(True, _bool, "true or false", "start this service"),
+        "listen_udp": Key(
+            ["udp:10053:interface=127.0.0.1"],
+            _udp_endpoints,
+            "a list of udp:PORT:interface=ADDR strings",
+            "UDP addresses, e.g. udp:53:interface=0.0.0.0",
+        ),
+        "listen_tcp": Key(
+            ["tcp:10053:interface=127.0.0.1"],
+            _stream_endpoints,
+            "a list of endpoint strings (tcp:PORT:interface=ADDR, tcp6:, unix:, systemd:)",
+            "TCP listeners (" + _LISTEN_DOC + ")",
+        ),
+        "trace": Key(False, _bool, "true or false", "log one line per query (client, name, type)"),
+        "zones_dir": Key(
+            "zones",
+            _str,
+            "a directory path (relative: under data_dir)",
+            "BIND zone files named ORIGIN.zone or ORIGIN.db",
+        ),
+        "domain": Key(
+            None,
+            _optional(_hostname),
+            "none or a DNS domain name",
+            "appnet's own domain (automatic SOA/NS/MX/A); none: the hostname's parent",
+        ),
+        "mail_host_address": Key(
+            "127.0.0.1", _ip, "an IPv4 or IPv6 address", "address of the mail host (the hostname) in the automatic zone"
+        ),
+        "records": Key(
+            [], _rr_lines, "a list of zone-file lines", 'extra records of the automatic zone, e.g. "www 300 IN A 192.0.2.7"'
+        ),
+        "forwarders": Key(
+            [],
+            _dns_servers,
+            'a list of "IP" or "IP:PORT" strings',
+            "upstream servers for names outside our zones; empty: authoritative only",
+        ),
+        "forward_timeout": Key(2, _int_range(1, 30), "seconds, 1 to 30", "wait this long for each upstream"),
+        "allow_recursion": Key(
+            ["127.0.0.0/8", "::1/128"],
+            _cidrs,
+            "a list of networks (CIDR)",
+            "clients that may use the forwarder; everyone else gets REFUSED",
+        ),
+        "allow_axfr": Key(
+            ["127.0.0.0/8", "::1/128"],
+            _cidrs,
+            "a list of networks (CIDR)",
+            "secondaries that may transfer our zones (AXFR)",
+        ),
+        "notify": Key(
+            [],
+            _dns_servers,
+            'a list of "IP" or "IP:PORT" strings',
+            "secondaries sent a NOTIFY when a zone's serial changes (RFC 1996)",
+        ),
+        "max_udp_payload": Key(
+            1232, _int_range(512, 4096), "512 to 4096", "EDNS UDP payload size advertised and honoured"
+        ),
+        "cache_size": Key(10000, _int_range(0, 10_000_000), "0 to 10000000", "forwarded answers cached"),
+        "reload_interval": Key(
+            2, _int_range(0, 86400), "seconds, 0 to 86400", "check zone files for changes (0: SIGHUP only)"
+        ),
+        "tcp_idle_timeout": Key(
+            10, _int_range(1, 3600), "seconds, 1 to 3600", "close idle TCP connections (RFC 7766)"
+        ),
+        "rate_limit": Key(
+            1000,
+            _int_range(0, 1_000_000),
+            "0 to 1000000",
+            "UDP queries per second answered per client address (0: no limit)",
+        ),
+        "rate_limit_exempt": Key(
+            ["127.0.0.0/8", "::1/128"],
+            _cidrs,
+            "a list of networks (CIDR)",
+            "clients never rate-limited",
+        ),
+        "max_connections": Key(1000, _int_range(1, 1_000_000), "1 to 1000000", "concurrent TCP connections"),
+        "max_connections_per_address": Key(
+            50, _int_range(1, 1_000_000), "1 to 1000000", "concurrent TCP connections per client address"
+        ),
+    },
 }
 
 #: Services in start-up order; each has a section in L{SCHEMA} and a package.
-SERVICES = ("pop3",)
+SERVICES = ("pop3", "tftp", "ftp", "dns")
 
 
 def _delay(v: Any) -> float:
@@ -336,6 +573,10 @@ def load_config(
             "tls.cert" if tls["cert"] is None else "tls.key",
             None,
             "tls.cert and tls.key must be given together",
+        )
+    if values["tftp"]["writable"] and not values["files"]["incoming"]:
+        raise ConfigError(
+            "tftp.writable", True, "needs [files] incoming = true (uploads go to the drop box)"
         )
     return Config(values)
 
