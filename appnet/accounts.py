@@ -279,6 +279,9 @@ class AccountChecker:
     same L{UnauthorizedLogin}, whatever the reason.
 
     @param on_result: called with C{(username, ok)} after each attempt (stats)
+    @param cache_ttl: seconds a verified password is remembered (as a keyed
+        HMAC, voided by any change to the account), so repeated logins skip
+        scrypt; 0 disables the cache
     @param run_blocking: runs the scrypt check; default C{deferToThread}
     """
 
@@ -291,6 +294,7 @@ class AccountChecker:
         reactor: Any = None,
         run_blocking: Callable[..., defer.Deferred] | None = None,
         on_result: Callable[[str, bool], None] | None = None,
+        cache_ttl: float = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -303,6 +307,9 @@ class AccountChecker:
             lambda f, *a: threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
         )
         self.on_result = on_result
+        self.cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[bytes, float, str]] = {}
+        self._cache_key = secrets.token_bytes(32)
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
         """Fire with the user name, or fail with L{UnauthorizedLogin}."""
@@ -310,12 +317,20 @@ class AccountChecker:
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
         password = credentials.password
+        if isinstance(password, str):
+            password = password.encode("utf-8")
         name = username.lower() if valid_username(username.lower()) else None
+
+        if name is not None and self._cached(name, password):
+            if self.on_result is not None:
+                self.on_result(username, True)
+            return defer.succeed(name)
 
         def checked(ok: bool) -> Any:
             if self.on_result is not None:
                 self.on_result(username, ok)
             if ok:
+                self._remember(name, password)
                 return name
             return task.deferLater(self.reactor, self.failed_delay, _refuse)
 
@@ -326,6 +341,44 @@ class AccountChecker:
             return self.accounts.check_password(name, password)
 
         return self.run_blocking(check).addCallback(checked)
+
+    # A verified-credentials cache, as Dovecot's auth_cache: mail clients log
+    # in every few minutes, often on several connections at once, and each
+    # scrypt costs ~100 ms of CPU. An entry holds only a keyed HMAC of the
+    # password (the key never leaves this process) and the account's hash
+    # at the time, so a password change or deletion voids it at once.
+
+    def _digest(self, name: str, password: bytes) -> bytes:
+        return hmac.new(self._cache_key, name.encode() + b"\0" + password, hashlib.sha256).digest()
+
+    def _cached(self, name: str, password: bytes) -> bool:
+        entry = self._cache.get(name)
+        if entry is None:
+            return False
+        digest, expires, password_hash = entry
+        account = self.accounts.get(name)
+        if (
+            account is None
+            or account.password_hash != password_hash
+            or self.reactor.seconds() >= expires
+        ):
+            del self._cache[name]
+            return False
+        return hmac.compare_digest(digest, self._digest(name, password))
+
+    def _remember(self, name: str | None, password: bytes) -> None:
+        if not self.cache_ttl or name is None:
+            return
+        account = self.accounts.get(name)
+        if account is None:
+            return
+        if len(self._cache) >= 10_000:
+            self._cache.clear()
+        self._cache[name] = (
+            self._digest(name, password),
+            self.reactor.seconds() + self.cache_ttl,
+            account.password_hash,
+        )
 
 
 def _refuse() -> None:

@@ -284,6 +284,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "how long a failed login waits before it is answered",
         ),
         "default_quota": Key(None, _size, _SIZE_ALLOWED, "per-user byte quota"),
+        "auth_cache_ttl": Key(
+            300,
+            _int_range(0, 86400),
+            "seconds, 0 to 86400 (0 disables)",
+            "remember a verified password this long (keyed HMAC in memory), so repeated logins skip scrypt",
+        ),
     },
     "files": {
         "incoming": Key(

@@ -60,6 +60,7 @@ class AppnetContext:
             self.accounts,
             failed_delay=config["accounts"]["failed_login_delay"],
             reactor=reactor,
+            cache_ttl=config["accounts"]["auth_cache_ttl"],
         )
         self.portal = make_portal(self.realm, self.checker)
         self.mailbox_store = MaildirStore(

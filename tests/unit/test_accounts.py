@@ -175,3 +175,75 @@ class CheckerTests(SynchronousTestCase):
         self.failureResultOf(
             portal.login(UsernamePassword(b"alice", b"pw"), None, IOther), UnhandledCredentials
         )
+
+
+class AuthCacheTests(SynchronousTestCase):
+    """The verified-credentials cache of AccountChecker."""
+
+    def setUp(self) -> None:
+        self.patch(accounts, "SCRYPT_N", 16)
+        d = self.mktemp()
+        os.makedirs(d)
+        self.db = AccountDatabase(os.path.join(d, "users.json"))
+        self.db.add("alice", "pw")
+        self.clock = MemoryReactorClock()
+        self.hashed: list[str] = []
+        real = self.db.check_password
+
+        def counting(name, password):
+            self.hashed.append(name)
+            return real(name, password)
+
+        self.db.check_password = counting  # type: ignore[method-assign]
+        self.checker = AccountChecker(
+            self.db, failed_delay=1.0, reactor=self.clock,
+            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a), cache_ttl=300,
+        )
+
+    def login(self, password: bytes) -> defer.Deferred:
+        return self.checker.requestAvatarId(UsernamePassword(b"alice", password))
+
+    def test_second_login_skips_scrypt(self) -> None:
+        """A repeated right password is answered from the cache, without hashing."""
+        self.assertEqual(self.successResultOf(self.login(b"pw")), "alice")
+        self.assertEqual(self.successResultOf(self.login(b"pw")), "alice")
+        self.assertEqual(self.hashed, ["alice"])
+
+    def test_wrong_password_never_cached(self) -> None:
+        """A wrong password after a cached right one is still checked and refused."""
+        self.successResultOf(self.login(b"pw"))
+        d = self.login(b"wrong")
+        self.clock.advance(1)
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(self.hashed, ["alice", "alice"])
+
+    def test_expiry(self) -> None:
+        """After the TTL the password is hashed again."""
+        self.successResultOf(self.login(b"pw"))
+        self.clock.advance(301)
+        self.successResultOf(self.login(b"pw"))
+        self.assertEqual(self.hashed, ["alice", "alice"])
+
+    def test_password_change_voids(self) -> None:
+        """After a password change the old password fails at once, cache or not."""
+        self.successResultOf(self.login(b"pw"))
+        self.db.set_password("alice", "new")
+        d = self.login(b"pw")
+        self.clock.advance(1)
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(self.successResultOf(self.login(b"new")), "alice")
+
+    def test_deleted_user_voids(self) -> None:
+        """A deleted user cannot log in with a cached password."""
+        self.successResultOf(self.login(b"pw"))
+        self.db.remove("alice")
+        d = self.login(b"pw")
+        self.clock.advance(1)
+        self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_disabled(self) -> None:
+        """cache_ttl=0 hashes every time."""
+        self.checker.cache_ttl = 0
+        self.successResultOf(self.login(b"pw"))
+        self.successResultOf(self.login(b"pw"))
+        self.assertEqual(self.hashed, ["alice", "alice"])
