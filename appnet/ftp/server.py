@@ -14,6 +14,9 @@ through twisted.cred, and replaces what Twisted gets wrong or lacks:
  - the data connection: Twisted's C{DTP} cannot do TLS, sendfile or wait
    without blocking the control channel; L{DataChannel} does, checks the
    peer address of passive connections, and sets TCP_NODELAY;
+ - framing: L{appnet.lines.BoundedLines} (CRLF or LF, an overlong line
+   answered with 500 and the session kept, cleartext after AUTH TLS
+   dropped); Twisted's LineReceiver drops the connection instead;
  - paths: UTF-8 names (RFC 2640), every path through the store's jail
    (L{appnet.filesystem.normalize_virtual}); escapes get 550;
  - what it lacks: REST STREAM both ways, APPE, STOU, ABOR, MLSD/MLST with
@@ -60,8 +63,8 @@ from appnet.filesystem import (
     IsADirectory,
     NotADirectory,
     normalize_virtual,
-    stream_file,
 )
+from appnet.lines import BoundedLines
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript, redact_words
 
@@ -275,7 +278,7 @@ class _DataFactory(protocol.ClientFactory):
         if self.channel is not None or self.failure is not None:
             return _Refused()
         host = getattr(addr, "host", None)
-        if self.peer_host is not None and _ip(host) != _ip(self.peer_host):
+        if self.peer_host is not None and not _same_host(host, self.peer_host):
             # A passive port is guessable: only the client may connect to it.
             _log.warn("FTP data connection from {host} refused (control peer {peer})",
                       host=host, peer=self.peer_host)
@@ -335,6 +338,11 @@ class _DataFactory(protocol.ClientFactory):
 
 def _connecting(connector: Any) -> bool:
     return getattr(connector, "state", None) == "connecting"
+
+
+def _same_host(a: str | None, b: str | None) -> bool:
+    """Whether two address strings name the same host (::ffff:1.2.3.4 is 1.2.3.4)."""
+    return a == b or _ip(a) == _ip(b)
 
 
 def _ip(host: str | None) -> Any:
@@ -562,6 +570,7 @@ _REPLY_NOTES = {
     "502": "command not implemented",
     "503": "bad sequence of commands",
     "504": "parameter not implemented",
+    "521": "data connection must be protected (PROT P)",
     "522": "data connection refused (TLS)",
     "530": "not logged in",
     "534": "request denied for policy reasons",
@@ -588,15 +597,13 @@ def _redact(line: str) -> str:
 # -- the protocol interpreter ------------------------------------------------------
 
 
-class FTPServer(_tftp.FTP):
+class FTPServer(BoundedLines, _tftp.FTP):
     """One FTP control connection. See the module docstring."""
 
     transcript: Transcript | None = None
     _busy = False
     _draining = False
     _tls = False
-    _tls_cut = False
-    _discarding = False
     _protect = False
     _pbsz = False
     _utf8 = True
@@ -610,7 +617,6 @@ class FTPServer(_tftp.FTP):
 
     def connectionMade(self) -> None:
         f = self.factory
-        self._lines = b""
         self._queue: list[bytes] = []
         self._tls = f.implicit_tls
         self.cwd = "/"
@@ -671,37 +677,13 @@ class FTPServer(_tftp.FTP):
 
     # -- framing and the command loop ------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        """Split lines (CRLF or LF), bounded; after AUTH TLS drop cleartext."""
-        self._tls_cut = False
-        buf = self._lines + data if self._lines else data
-        start = 0
-        limit = self.factory.max_line
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
-            if self._discarding:
-                self._discarding = False
-                continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > limit:
-                self.reply_line(500, "command line too long")
-                continue
-            self.lineReceived(line)
-            if self._tls_cut or self.transport is None or self.transport.disconnecting:
-                self._lines = b""
-                return
-        rest = buf[start:]
-        if len(rest) > limit:
-            if not self._discarding:
-                self.reply_line(500, "command line too long")
-                self._discarding = True
-            rest = b""
-        self._lines = rest
+    # -- framing (appnet.lines.BoundedLines) ------------------------------------
+
+    def max_line_length(self) -> int:
+        return self.factory.max_line
+
+    def line_too_long(self) -> None:
+        self.reply_line(500, "command line too long")
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -875,7 +857,7 @@ class FTPServer(_tftp.FTP):
         if self._tls:
             return (503, "TLS already active")
         self.reply_line(234, "AUTH TLS ok, start the handshake")
-        self._tls_cut = True
+        self.cut_after_this_line()
         self.transport.startTLS(self.factory.tls_options)
         self._tls = True
         if self.transcript is not None:
@@ -1141,7 +1123,7 @@ class FTPServer(_tftp.FTP):
         if self._epsvAll:
             return (503, "PORT/EPRT not allowed after EPSV ALL")
         peer = self.transport.getPeer().host
-        if _ip(host) != _ip(peer):
+        if not _same_host(host, peer):
             return (501, "PORT to an address other than yours is refused")
         if not 1024 <= port <= 65535:
             return (501, "PORT to a privileged port is refused")
@@ -1186,6 +1168,9 @@ class FTPServer(_tftp.FTP):
 
     def _take_data(self) -> _DataFactory:
         data = self._data
+        if self.factory.require_tls and self.shell.user is not None and not self._protect:
+            self._close_data()
+            raise FTPReply(521, "data connections must be protected: send PROT P")
         if data is None:
             raise FTPReply(425, "use PORT, EPRT, PASV or EPSV first")
         self._data = None

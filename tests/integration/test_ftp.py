@@ -149,6 +149,22 @@ class LoopbackTests(TestCase):
         with open(self.server.path("home", "alice", "up.bin"), "rb") as f:
             self.assertEqual(sha(f.read()), sha(payload))
 
+    async def test_active_mode_tls(self) -> None:
+        """PORT with PROT P: the server connects to the client and is the TLS server
+        on that connection (RFC 4217), both directions."""
+        payload = os.urandom(400_000)
+
+        def roundtrip() -> bytes:
+            ftp = self.ftp(tls=True)
+            ftp.set_pasv(False)
+            ftp.storbinary("STOR active.bin", io.BytesIO(payload))
+            out = io.BytesIO()
+            ftp.retrbinary("RETR active.bin", out.write)
+            ftp.quit()
+            return out.getvalue()
+
+        self.assertEqual(sha(await in_thread(roundtrip)), sha(payload))
+
     async def test_implicit_ftps(self) -> None:
         """The implicit-FTPS port speaks TLS from the first byte and serves a listing."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.cred.checkers import ANONYMOUS, AllowAnonymousAccess
 from twisted.cred.portal import Portal
 from twisted.internet import defer, error, ssl, task
@@ -691,6 +693,19 @@ class TLSTests(FTPTestMixin, SynchronousTestCase):
         self.assertEqual(self.send("USER alice")[0][:3], "530")
         self.assertEqual(self.send("USER anonymous")[0][:3], "331")
 
+    def test_require_tls_protects_data(self) -> None:
+        """With require_tls, a user's transfer before PROT P gets 521, and PROT C 534."""
+        self.factory.require_tls = True
+        self.send("AUTH TLS")
+        self.send("PBSZ 0")
+        self.login()
+        self.assertEqual(self.send("PROT C")[0][:3], "534")
+        self.send("PASV")
+        self.assertEqual(self.send("LIST")[-1][:3], "521")
+        self.send("PROT P")
+        self.send("PASV")
+        self.assertEqual(self.send("LIST")[0][:3], "150")
+
 
 class ShellTests(FTPTestMixin, SynchronousTestCase):
     """The IFTPShell avatar over a FileView."""
@@ -810,3 +825,43 @@ class TapTests(SynchronousTestCase):
         self.assertIsNone(shell.user)
         _top, _clock, _f, inner = self.build(anonymous=False)
         self.failureResultOf(inner[0].portal.login(Anonymous(), None, IFTPShell))
+
+
+class RoundTripTests(SynchronousTestCase):
+    """The server's MLSD formatting read back by the client's parser."""
+
+    @given(
+        name=st.text(
+            alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1
+        ).filter(lambda n: n.strip() == n and "/" not in n and n not in (".", "..")),
+        size=st.integers(min_value=0, max_value=2**63),
+        mtime=st.integers(min_value=0, max_value=2**33),
+        kind=st.sampled_from(["file", "dir"]),
+        perm=st.sampled_from(["", "r", "el", "adfrw", "cdeflmp"]),
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_mlsx_round_trip(self, name, size, mtime, kind, perm) -> None:
+        """Any listable name, size, time and perm survive mlsx_facts then parse_mlsx."""
+        from appnet.ftp.client import parse_mlsx
+
+        info = FileInfo(name, "/" + name, kind, size, float(mtime), perm)
+        entry = parse_mlsx(f"{mlsx_facts(info)} {name}")
+        self.assertEqual((entry.name, entry.kind, entry.size, entry.modified, entry.perm),
+                         (name, kind, size, float(mtime), perm))
+
+
+class ASCIIUploadTests(FTPTestMixin, SynchronousTestCase):
+    """TYPE A uploads."""
+
+    def test_stor_ascii_converts_crlf(self) -> None:
+        """A TYPE A upload is stored with LF line ends, even with CRLF split across chunks."""
+        self.login()
+        self.send("TYPE A")
+        self.send("PASV")
+        channel, transport = self.pasv_channel()
+        self.send("STOR t.txt")
+        channel.dataReceived(b"one\r")
+        channel.dataReceived(b"\ntwo\r\n")
+        self.finish(channel, transport)
+        with open(self.home("t.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"one\ntwo\n")
