@@ -370,12 +370,8 @@ class MaildirFolder:
 
     # -- reading -----------------------------------------------------------
 
-    def open_message(self, uid: int) -> IO[bytes]:
-        """
-        Open the message for reading in binary mode; the caller closes it.
-
-        @raise NoSuchMessage: it is gone (expunged by another session)
-        """
+    def _open_fd(self, uid: int) -> tuple[int, str]:
+        """An O_RDONLY descriptor for the message and its file name."""
         for attempt in range(3):
             location = self._state.locations.get(uid)
             if location is None or attempt:
@@ -386,10 +382,19 @@ class MaildirFolder:
                 if location is None:
                     break
             try:
-                return open(os.path.join(self.path, *location), "rb")
+                return os.open(os.path.join(self.path, *location), os.O_RDONLY), location[1]
             except FileNotFoundError:
                 continue
         raise NoSuchMessage(uid)
+
+    def open_message(self, uid: int) -> IO[bytes]:
+        """
+        Open the message for reading in binary mode; the caller closes it.
+
+        @raise NoSuchMessage: it is gone (expunged by another session)
+        """
+        fd, _ = self._open_fd(uid)
+        return os.fdopen(fd, "rb")
 
     def read_message(self, uid: int) -> bytes:
         """
@@ -397,8 +402,24 @@ class MaildirFolder:
 
         @raise NoSuchMessage: it is gone
         """
-        with self.open_message(uid) as f:
-            return f.read()
+        # POP3 and IMAP read every message whole: with the size known from
+        # the name's S= this is open, one read, close - a third of the system
+        # calls of open().read() (fstat, ioctl, lseek...).
+        fd, name = self._open_fd(uid)
+        try:
+            size = sizes_from_key(split_name(name)[0])[0]
+            if size is None:
+                size = os.fstat(fd).st_size
+            chunks = []
+            while True:
+                # Ask for one byte more than expected to see the end at once.
+                chunk = os.read(fd, size + 1 if not chunks else 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        finally:
+            os.close(fd)
 
     # -- changing ----------------------------------------------------------
 

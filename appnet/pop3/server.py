@@ -81,7 +81,8 @@ def encode_message(data: bytes) -> bytes:
     ending CRLF, lines starting with C{.} dot-stuffed, and the terminating
     C{.} line appended.
     """
-    data = data.replace(b"\r\n", b"\n")
+    if b"\r" in data:  # the store keeps LF line ends: usually nothing to undo
+        data = data.replace(b"\r\n", b"\n")
     if data.startswith(b"."):
         data = b"." + data
     data = data.replace(b"\n.", b"\n..").replace(b"\n", b"\r\n")
