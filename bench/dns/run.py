@@ -1,15 +1,20 @@
 """
 DNS benchmark: dnsperf against appnet, Twisted's stock server (C{twistd dns
---pyzone}) and dnsmasq (C{--addn-hosts}), all serving the same 1,000-name
-authoritative zone on loopback.
+--pyzone}), dnslib's server (C{ZoneResolver} + C{DNSServer}) and dnsmasq
+(C{--addn-hosts}), all serving the same 1,000-name authoritative zone on
+loopback.
 
-    python bench/dns/run.py [--seconds 20] [--rounds 1] [--names 1000] [--only appnet,dnsmasq]
+    python bench/dns/run.py [--seconds 20] [--rounds 1] [--names 1000]
+        [--only appnet,dnsmasq] [--dnslib-python /path/to/python]
 
 Each server runs as a subprocess on a free port; dnsperf sends every name of
 the query file (A records, all existing) for the given seconds with its
 default 100 queries in flight. Prints a Markdown table: QPS, lost queries,
-and the ratios to Twisted stock and to dnsmasq. Needs dnsperf and dnsmasq
-(apt: dnsperf dnsmasq-base); a missing server is reported and skipped.
+and each server's ratio to Twisted stock, to dnslib and to dnsmasq. Needs
+dnsperf and dnsmasq (apt: dnsperf dnsmasq-base); dnslib (PyPI) runs under
+C{--dnslib-python}, default this Python, so it can live in its own venv
+(C{python -m venv /tmp/dnslib-venv; /tmp/dnslib-venv/bin/pip install
+dnslib}). A missing server is reported and skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +33,22 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DOMAIN = "bench.test"
+
+# dnslib's own zone server, as its C{python -m dnslib.zoneresolver} runs it:
+# the zone text (with our origin, since its parser starts at the root),
+# ZoneResolver (no glob), the threaded UDP DNSServer. Per-query logging is
+# off (it prints two lines per query to stdout otherwise); errors still log.
+DNSLIB_SERVER = """
+import sys
+from dnslib.server import DNSLogger, DNSServer
+from dnslib.zoneresolver import ZoneResolver
+zone_file, origin, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(zone_file) as f:
+    resolver = ZoneResolver("$ORIGIN " + origin + ".\\n" + f.read())
+print(len(resolver.zone), "records", flush=True)
+DNSServer(resolver, address="127.0.0.1", port=port,
+          logger=DNSLogger("-request,-reply", prefix=False)).start()
+"""
 
 
 def free_port() -> int:
@@ -81,8 +102,20 @@ def write_inputs(directory: str, names: int) -> dict[str, str]:
     return {"data": directory, "zones": zones, "pyzone": pyzone, "hosts": hosts, "queries": queries}
 
 
-def commands(paths: dict[str, str], port: int) -> dict[str, list[str] | None]:
-    """Server name -> command line serving the zone on C{port} (None: not installed)."""
+def has_dnslib(python: str | None) -> bool:
+    if not python:
+        return False
+    try:
+        return subprocess.run([python, "-c", "import dnslib"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def commands(paths: dict[str, str], port: int, dnslib_python: str | None = None) -> dict[str, list[str] | None]:
+    """Server name -> command line serving the zone on C{port} (None: not installed).
+
+    C{dnslib_python} is a Python that can import dnslib, or None.
+    """
     py = sys.executable
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     dnsmasq = shutil.which("dnsmasq") or (os.path.exists("/usr/sbin/dnsmasq") and "/usr/sbin/dnsmasq")
@@ -96,6 +129,10 @@ def commands(paths: dict[str, str], port: int) -> dict[str, list[str] | None]:
             twistd, "--nodaemon", "--pidfile=", "dns", "--pyzone", paths["pyzone"],
             "--interface", "127.0.0.1", "--port", str(port),
         ],
+        "dnslib": [
+            dnslib_python, "-c", DNSLIB_SERVER,
+            os.path.join(paths["zones"], f"{DOMAIN}.zone"), DOMAIN, str(port),
+        ] if dnslib_python else None,
         "dnsmasq": [
             dnsmasq, "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1",
             "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={paths['hosts']}",
@@ -160,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", type=int, default=1000, help="names in the zone")
     parser.add_argument("--only", help="comma-separated servers to run")
     parser.add_argument(
+        "--dnslib-python",
+        default=sys.executable,
+        help="a Python with dnslib installed (default: this one)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -169,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("dnsperf"):
         print("dnsperf is not installed (apt-get install dnsperf)", file=sys.stderr)
         return 2
+    dnslib_python = args.dnslib_python if has_dnslib(args.dnslib_python) else None
+    if dnslib_python is None and not (args.only and "dnslib" not in args.only.split(",")):
+        print(f"# dnslib: {args.dnslib_python} cannot import dnslib; skipped", file=sys.stderr)
     rounds: dict[str, list[dict[str, float]]] = {}
     results: dict[str, dict[str, float] | str] = {}
     with tempfile.TemporaryDirectory(prefix="appnet-dns-bench-") as tmp:
@@ -180,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(results.get(name), str):
                     continue
                 port = free_port()
-                command = commands(paths, port)[name]
+                command = commands(paths, port, dnslib_python)[name]
                 if command is None:
                     results[name] = "not installed"
                     continue
@@ -191,27 +236,31 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rounds.setdefault(name, []).append(outcome)
                 print(f"#   {outcome['qps']:,.0f} QPS, {outcome['lost']} lost", file=sys.stderr, flush=True)
+    order = list(commands({"data": "", "zones": "", "pyzone": "", "hosts": "", "queries": ""}, 0, "python"))
     for name, runs in rounds.items():
         if not isinstance(results.get(name), str):
             results[name] = sorted(runs, key=lambda r: r["qps"])[len(runs) // 2]
-    base = results.get("twisted-stock")
-    ref = results.get("dnsmasq")
+    results = {name: results[name] for name in order if name in results}
+    refs = [("twisted-stock", "Twisted stock"), ("dnslib", "dnslib"), ("dnsmasq", "dnsmasq")]
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\n{args.names}-name zone, dnsperf -l {args.seconds}, 100 queries in flight, loopback,"
         f" median of {args.rounds} round(s);"
         f" {os.cpu_count()} CPUs, load average at the end {load}\n"
     )
-    print("| server | QPS | lost | vs Twisted stock | vs dnsmasq |")
-    print("|---|---:|---:|---:|---:|")
+    print("| server | QPS (median) | rounds | lost (median round) | " + " | ".join(f"vs {label}" for _, label in refs) + " |")
+    print("|---|---:|---|---:|" + "---:|" * len(refs))
     for name, r in results.items():
         if isinstance(r, str):
-            print(f"| {name} | {r} | | | |")
+            print(f"| {name} | {r} | | |" + " |" * len(refs))
             continue
         loss = f"{r['lost']} ({100 * r['lost'] / max(r['sent'], 1):.2f}%)"
-        vs_base = f"{r['qps'] / base['qps']:.2f}x" if isinstance(base, dict) else "-"
-        vs_ref = f"{r['qps'] / ref['qps']:.2f}x" if isinstance(ref, dict) else "-"
-        print(f"| {name} | {r['qps']:,.0f} | {loss} | {vs_base} | {vs_ref} |")
+        each = " / ".join(f"{x['qps']:,.0f}" for x in rounds[name])
+        ratios = []
+        for ref_name, _ in refs:
+            ref = results.get(ref_name)
+            ratios.append(f"{r['qps'] / ref['qps']:.2f}x" if isinstance(ref, dict) else "-")
+        print(f"| {name} | {r['qps']:,.0f} | {each} | {loss} | " + " | ".join(ratios) + " |")
     return 0
 
 
