@@ -86,7 +86,8 @@ class _GuardedProtocol(ProtocolWrapper):
         self.transport.write(data)
 
     def writeSequence(self, data) -> None:
-        data = list(data)
+        if not isinstance(data, (list, tuple)):
+            data = list(data)
         self.factory.stats.counters["bytes_out"] += sum(map(len, data))
         self.transport.writeSequence(data)
 

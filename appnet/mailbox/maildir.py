@@ -407,7 +407,8 @@ class MaildirFolder:
         # calls of open().read() (fstat, ioctl, lseek...).
         fd, name = self._open_fd(uid)
         try:
-            size = sizes_from_key(split_name(name)[0])[0]
+            fact = self._state.facts.get(split_name(name)[0])
+            size = fact[1] if fact is not None else None
             if size is None:
                 size = os.fstat(fd).st_size
             chunks = []

@@ -268,8 +268,12 @@ class POP3Server(BoundedLines, _tpop3.POP3):
     def line_too_long(self) -> None:
         self.failResponse(b"line too long")
 
-    def lineReceived(self, line: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        # The idle timer restarts once per packet, not once per pipelined line.
         self.resetTimeout()
+        BoundedLines.dataReceived(self, data)
+
+    def lineReceived(self, line: bytes) -> None:
         if self.transcript is not None:
             self.transcript.client(line)
         if self._sasl is not None:
