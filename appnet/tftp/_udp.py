@@ -7,6 +7,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet import error as internet_error
+from twisted.internet.protocol import DatagramProtocol
+
 MAX_PACKET_SIZE = 65536
 """Read size of every TFTP socket: above any DATA with the largest blksize
 (Twisted's default of 8192 would truncate large blocks)."""
@@ -51,3 +54,70 @@ def socket_sendto(port: Any) -> Any:
     if isinstance(sock, socket.socket):
         return sock.sendto
     return port.write
+
+
+class MachineDriver(DatagramProtocol):
+    """
+    What the server's and the client's transfer protocols share in driving
+    a sans-IO L{appnet.tftp.machine} transfer: one lazily re-armed timer
+    and sends through the socket's own C{sendto}.
+
+    Subclasses set C{machine}, C{_reactor} and C{_sendto}, and define
+    C{_perform(actions)} and C{_internal_error()}.
+    """
+
+    machine: Any
+    _reactor: Any
+    _timer: Any = None
+    _closed = False
+    _paused = False
+    _sendto: Any = None
+
+    def _perform(self, actions: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _internal_error(self) -> None:
+        raise NotImplementedError
+
+    # Timer: one DelayedCall, re-armed lazily; the machine checks the time.
+
+    def _set_timer(self, deadline: float) -> None:
+        # A later deadline is left to _timer_expired to re-arm (cheaper
+        # than a reset per block); an earlier one (a smaller agreed
+        # timeout) moves the call.
+        timer = self._timer
+        if timer is None or not timer.active():
+            delay = max(0.0, deadline - self._reactor.seconds())
+            self._timer = self._reactor.callLater(delay, self._timer_expired)
+        elif timer.getTime() > deadline:
+            timer.reset(max(0.0, deadline - self._reactor.seconds()))
+
+    def _timer_expired(self) -> None:
+        self._timer = None
+        if self._closed or self._paused:
+            return
+        try:
+            now = self._reactor.seconds()
+            deadline = self.machine.deadline
+            if deadline is None:
+                return
+            if now < deadline:
+                self._set_timer(deadline)
+                return
+            self._perform(self.machine.timer_fired(now))
+        except Exception:
+            self._internal_error()
+
+    def _write(self, datagram: bytes, addr: Any) -> None:
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            # The socket's own sendto: every address here came from
+            # recvfrom or was resolved, so udp.Port.write's checks (a third
+            # of the per-block cost in lock-step) are not needed.
+            sendto(datagram, addr)
+        except (OSError, internet_error.MessageLengthError):
+            # A full socket buffer or an unreachable peer is a lost packet:
+            # the machine's timer retransmits.
+            pass

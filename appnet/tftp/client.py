@@ -28,13 +28,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Union
 
-from twisted.internet import abstract, defer, error as internet_error
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet import abstract, defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appnet.tftp import wire
-from appnet.tftp._udp import listen_transfer_port, socket_sendto as _socket_sendto
+from appnet.tftp._udp import MachineDriver, listen_transfer_port, socket_sendto as _socket_sendto
 from appnet.tftp.machine import (
     UNKNOWN_TID_DATAGRAM,
     Action,
@@ -107,7 +106,7 @@ class _LocalFile:
             pass
 
 
-class _ClientTransfer(DatagramProtocol):
+class _ClientTransfer(MachineDriver):
     """Drives one client machine over its own UDP port."""
 
     noisy = False  # no "Starting protocol" log lines per transfer
@@ -175,35 +174,6 @@ class _ClientTransfer(DatagramProtocol):
         except Exception:
             self._internal_error()
 
-    # Timer (one DelayedCall, re-armed lazily; the machine checks the time)
-
-    def _set_timer(self, deadline: float) -> None:
-        # A later deadline is left to _timer_expired to re-arm (cheaper
-        # than a reset per block); an earlier one (a smaller agreed
-        # timeout) moves the call.
-        timer = self._timer
-        if timer is None or not timer.active():
-            delay = max(0.0, deadline - self._reactor.seconds())
-            self._timer = self._reactor.callLater(delay, self._timer_expired)
-        elif timer.getTime() > deadline:
-            timer.reset(max(0.0, deadline - self._reactor.seconds()))
-
-    def _timer_expired(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
-        try:
-            now = self._reactor.seconds()
-            deadline = self.machine.deadline
-            if deadline is None:
-                return
-            if now < deadline:
-                self._set_timer(deadline)
-                return
-            self._perform(self.machine.timer_fired(now))
-        except Exception:
-            self._internal_error()
-
     # Actions
 
     def _perform(self, actions: list[Action]) -> None:
@@ -235,18 +205,6 @@ class _ClientTransfer(DatagramProtocol):
 
     def _send(self, datagram: bytes) -> None:
         self._write(datagram, self.peer if self.peer is not None else self.server)
-
-    def _write(self, datagram: bytes, addr: Any) -> None:
-        sendto = self._sendto
-        if sendto is None:
-            return
-        try:
-            # The socket's own sendto: every address here came from
-            # recvfrom or was resolved, so udp.Port.write's checks (a third
-            # of the per-block cost in lock-step) are not needed.
-            sendto(datagram, addr)
-        except (OSError, internet_error.MessageLengthError):
-            pass  # a lost datagram: the timer retransmits
 
     def _cleanup(self, success: bool) -> None:
         local, self._local = self._local, None

@@ -59,7 +59,7 @@ from appnet.filesystem.interfaces import (
 from appnet.filesystem.paths import normalize_virtual, split_virtual
 from appnet.stats import ServiceStats
 from appnet.tftp import wire
-from appnet.tftp._udp import MAX_PACKET_SIZE, listen_transfer_port, socket_sendto as _socket_sendto
+from appnet.tftp._udp import MachineDriver, MAX_PACKET_SIZE, listen_transfer_port, socket_sendto as _socket_sendto
 from appnet.tftp.machine import (
     UNKNOWN_TID_DATAGRAM,
     Action,
@@ -179,7 +179,7 @@ class _WriterSink:
             raise OSError(code, os.strerror(code))
 
 
-class _ServerTransfer(DatagramProtocol):
+class _ServerTransfer(MachineDriver):
     """
     One transfer on its own ephemeral port (the server's TID): feeds the
     machine the client's datagrams and timer expiries, and carries out its
@@ -253,35 +253,6 @@ class _ServerTransfer(DatagramProtocol):
         except Exception:
             self._internal_error()
 
-    # Timer: one DelayedCall, re-armed lazily; the machine checks the time.
-
-    def _set_timer(self, deadline: float) -> None:
-        # A later deadline is left to _timer_expired to re-arm (cheaper
-        # than a reset per block); an earlier one (a smaller agreed
-        # timeout) moves the call.
-        timer = self._timer
-        if timer is None or not timer.active():
-            delay = max(0.0, deadline - self._reactor.seconds())
-            self._timer = self._reactor.callLater(delay, self._timer_expired)
-        elif timer.getTime() > deadline:
-            timer.reset(max(0.0, deadline - self._reactor.seconds()))
-
-    def _timer_expired(self) -> None:
-        self._timer = None
-        if self._closed or self._paused:
-            return
-        try:
-            now = self._reactor.seconds()
-            deadline = self.machine.deadline
-            if deadline is None:
-                return
-            if now < deadline:
-                self._set_timer(deadline)
-                return
-            self._perform(self.machine.timer_fired(now))
-        except Exception:
-            self._internal_error()
-
     # Actions
 
     def _perform(self, actions: list[Action]) -> None:
@@ -343,20 +314,6 @@ class _ServerTransfer(DatagramProtocol):
 
     def _send(self, datagram: bytes) -> None:
         self._write(datagram, self.peer)
-
-    def _write(self, datagram: bytes, addr: Any) -> None:
-        sendto = self._sendto
-        if sendto is None:
-            return
-        try:
-            # The socket's own sendto: every address here came from
-            # recvfrom or was resolved, so udp.Port.write's checks (a third
-            # of the per-block cost in lock-step) are not needed.
-            sendto(datagram, addr)
-        except (OSError, internet_error.MessageLengthError):
-            # A full socket buffer or an unreachable peer is a lost packet:
-            # the machine's timer retransmits.
-            pass
 
     def _release(self) -> None:
         if self._closed:

@@ -34,7 +34,7 @@ from tests.integration.test_pop3_loopback import (
     the_reactor,
 )
 
-from tests.support import REPO_ROOT, appnet_argv, run_process, subprocess_env, twistd_argv
+from tests.support import appnet_argv, run_process, subprocess_env, twistd_argv
 
 
 class ServerProcess(protocol.ProcessProtocol):
