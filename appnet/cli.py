@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from appnet.config import ConfigError, load_config
 from appnet.errors import AppnetError
+from appnet.progress import progress_bar
 
 __all__ = ["main"]
 
@@ -159,12 +160,7 @@ def _pop3_fetch(args: argparse.Namespace) -> int:
     password = _read_password(f"password for {args.user}@{args.host}: ")
     os.makedirs(args.out, exist_ok=True)
 
-    def progress(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
+    progress = progress_bar("messages")
 
     async def run(reactor: Any) -> None:
         from OpenSSL import SSL
@@ -187,6 +183,8 @@ def _pop3_fetch(args: argparse.Namespace) -> int:
                 defer.TimeoutError, OSError) as e:
             # task.react would print a traceback; one line says it all.
             raise SystemExit(f"appnet: pop3 fetch: {e}")
+        if result.messages:
+            sys.stderr.write("\n")  # end the progress bar's line
         for m in result.messages:
             path = os.path.join(args.out, f"{m.uid}.eml")
             with open(path, "wb") as f:
@@ -201,7 +199,6 @@ def _pop3_fetch(args: argparse.Namespace) -> int:
 
 
 def _tftp_transfer(args: argparse.Namespace) -> int:
-    import time
 
     from twisted.internet import defer, task
 
@@ -216,22 +213,7 @@ def _tftp_transfer(args: argparse.Namespace) -> int:
         tsize=args.tsize and not (netascii and args.action == "put"),
     )
     mode = "netascii" if netascii else "octet"
-    last = [0.0]
-    started = time.monotonic()
-
-    def progress(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.1 and done != total:
-            return
-        last[0] = now
-        rate = done / max(now - started, 1e-6) / 1e6
-        if total:
-            width = 30
-            filled = width * min(done, total) // total
-            bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-        else:
-            bar = f"{done} bytes"
-        sys.stderr.write(f"\r{bar} {rate:.1f} MB/s")
+    progress = progress_bar()
 
     async def run(reactor: Any) -> None:
         if args.action == "get":

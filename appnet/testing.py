@@ -33,13 +33,79 @@ from appnet import accounts
 from appnet.config import load_config
 from appnet.service import listening_ports, make_service
 
-__all__ = ["start_mail_server", "MailServerFixture", "MAIL_SERVICES"]
+__all__ = ["start_mail_server", "start_services", "MailServerFixture", "ServiceFixture", "MAIL_SERVICES"]
 
 #: The services L{start_mail_server} starts.
 MAIL_SERVICES = ("pop3",)
 
 
-class MailServerFixture:
+def start_services(
+    only: tuple[str, ...],
+    overrides: dict[str, dict[str, Any]],
+    *,
+    testcase: Any = None,
+    users: dict[str, str] | None = None,
+    data_dir: str | None = None,
+    reactor: Any = None,
+    fast_hashes: bool = True,
+    before_config: Any = None,
+) -> tuple[Any, str, Any]:
+    """
+    Build and start some of appnet's services over a temporary data dir,
+    the building block of every C{start_*_server} fixture.
+
+    @param only: the services to start, e.g. C{("pop3",)}
+    @param overrides: section -> key -> value, on top of built-in defaults
+        (listen on C{tcp:0:interface=127.0.0.1} here)
+    @param users: name -> password to create
+    @param fast_hashes: hash passwords cheaply (tests only)
+    @param before_config: called with the data dir before the config is
+        loaded; may return more overrides (e.g. a test certificate)
+    @return: C{(top service, data_dir, reactor)}
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if data_dir is None:
+        if testcase is not None:
+            data_dir = os.path.abspath(testcase.mktemp())
+        else:
+            data_dir = tempfile.mkdtemp(prefix="appnet-test-")
+    os.makedirs(data_dir, exist_ok=True)
+    overrides = {section: dict(keys) for section, keys in overrides.items()}
+    if before_config is not None:
+        for section, keys in (before_config(data_dir) or {}).items():
+            overrides.setdefault(section, {}).update(keys)
+    config = load_config(data_dir=data_dir, overrides=overrides)
+    top = make_service(config, reactor, only=only)
+    saved = accounts.SCRYPT_N
+    if fast_hashes:
+        accounts.SCRYPT_N = 1 << 4
+    try:
+        for name, password in (users or {}).items():
+            top.context.accounts.add(name, password)
+    finally:
+        accounts.SCRYPT_N = saved
+    top.startService()
+    return top, data_dir, reactor
+
+
+class ServiceFixture:
+    """Base of the test fixtures: running services that stop at test end."""
+
+    def __init__(self, top: Any) -> None:
+        self._top = top
+        self.context = top.context
+
+    def stop(self) -> defer.Deferred:
+        """Stop every service (also done for you at the end of the test)."""
+        if not self._top.running:
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._top.stopService)
+
+
+class MailServerFixture(ServiceFixture):
     """
     Running mail services for one test.
 
@@ -54,8 +120,7 @@ class MailServerFixture:
     host = "127.0.0.1"
 
     def __init__(self, top: Any, data_dir: str, reactor: Any) -> None:
-        self._top = top
-        self.context = top.context
+        super().__init__(top)
         self.data_dir = data_dir
         self.reactor = reactor
         ports = listening_ports(top)
@@ -103,11 +168,6 @@ class MailServerFixture:
         d.addTimeout(timeout, self.reactor)
         return d
 
-    def stop(self) -> defer.Deferred:
-        """Stop every service (also done for you at the end of the test)."""
-        if not self._top.running:
-            return defer.succeed(None)
-        return defer.maybeDeferred(self._top.stopService)
 
 
 async def start_mail_server(
@@ -131,35 +191,19 @@ async def start_mail_server(
     @param failed_login_delay: seconds a failed login waits (0 in tests)
     @return: (via await / Deferred) the running L{MailServerFixture}
     """
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-    if data_dir is None:
-        if testcase is not None:
-            data_dir = os.path.abspath(testcase.mktemp())
-        else:
-            data_dir = tempfile.mkdtemp(prefix="appnet-test-")
-    os.makedirs(data_dir, exist_ok=True)
     local = "tcp:0:interface=127.0.0.1"
-    config = load_config(
-        data_dir=data_dir,
-        overrides={
+    top, data_dir, reactor = start_services(
+        MAIL_SERVICES,
+        {
             "pop3": {"listen": [local], "listen_tls": [local], "trace": trace},
             "accounts": {"failed_login_delay": float(failed_login_delay)},
         },
+        testcase=testcase,
+        users=users,
+        data_dir=data_dir,
+        reactor=reactor,
+        fast_hashes=fast_hashes,
     )
-    top = make_service(config, reactor, only=MAIL_SERVICES)
-    if fast_hashes:
-        saved = accounts.SCRYPT_N
-        accounts.SCRYPT_N = 1 << 4
-    try:
-        for name, password in (users or {}).items():
-            top.context.accounts.add(name, password)
-    finally:
-        if fast_hashes:
-            accounts.SCRYPT_N = saved
-    top.startService()
     fixture = MailServerFixture(top, data_dir, reactor)
     if testcase is not None:
         testcase.addCleanup(fixture.stop)

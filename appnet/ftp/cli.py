@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from appnet.progress import progress_bar
+
 __all__ = ["add_parser", "run"]
 
 
@@ -46,24 +48,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _progress_bar() -> Callable[[int, "int | None"], None]:
-    started = time.monotonic()
-    last = [0.0]
-
-    def progress(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.1 and done != total:
-            return
-        last[0] = now
-        rate = done / max(now - started, 1e-6) / 1e6
-        if total:
-            width = 30
-            filled = width * min(done, total) // total
-            bar = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-        else:
-            bar = f"{done} bytes"
-        sys.stderr.write(f"\r{bar} {rate:.1f} MB/s")
-
-    return progress
+    return progress_bar()
 
 
 def run(args: argparse.Namespace, read_password: Callable[[str], str]) -> int:

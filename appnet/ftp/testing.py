@@ -13,14 +13,10 @@ certificate clients should trust.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
-from twisted.internet import defer
 
-from appnet import accounts
-from appnet.config import load_config
-from appnet.service import make_service
+from appnet.testing import ServiceFixture, start_services
 
 __all__ = ["start_ftp_server", "FTPServerFixture", "make_test_ca"]
 
@@ -87,7 +83,7 @@ def make_test_ca(directory: str, hostname: str = "localhost") -> tuple[str, str,
     return paths  # type: ignore[return-value]
 
 
-class FTPServerFixture:
+class FTPServerFixture(ServiceFixture):
     """
     A running FTP service.
 
@@ -100,8 +96,7 @@ class FTPServerFixture:
     """
 
     def __init__(self, top: Any, data_dir: str) -> None:
-        self._top = top
-        self.context = top.context
+        super().__init__(top)
         self.data_dir = data_dir
         self.host = "127.0.0.1"
         self.port = top.getServiceNamed(self._name(top, "ftp:")).port.getHost().port
@@ -126,12 +121,6 @@ class FTPServerFixture:
             f.write(data)
         return target
 
-    def stop(self) -> defer.Deferred:
-        """Stop the service (also done for you at the end of the test)."""
-        if not self._top.running:
-            return defer.succeed(None)
-        return defer.maybeDeferred(self._top.stopService)
-
 
 async def start_ftp_server(
     testcase: Any = None,
@@ -151,35 +140,27 @@ async def start_ftp_server(
     @param quota: every user's byte quota
     @param overrides: more C{[ftp]} keys (C{require_tls}, C{passive_ports}...)
     """
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-    if data_dir is None:
-        data_dir = os.path.abspath(testcase.mktemp()) if testcase else tempfile.mkdtemp()
-    os.makedirs(data_dir, exist_ok=True)
-    _ca, cert, key = make_test_ca(os.path.join(data_dir, "test-ca"))
     local = "tcp:0:interface=127.0.0.1"
     ftp = {"listen": [local], "listen_tls": [local]}
     ftp.update(overrides or {})
-    config = load_config(
-        data_dir=data_dir,
-        overrides={
+
+    def test_certificate(data_dir: str) -> dict[str, dict[str, Any]]:
+        _ca, cert, key = make_test_ca(os.path.join(data_dir, "test-ca"))
+        return {"tls": {"cert": cert, "key": key}}
+
+    top, data_dir, reactor = start_services(
+        ("ftp",),
+        {
             "ftp": ftp,
             "files": {"incoming": incoming},
-            "tls": {"cert": cert, "key": key},
             "accounts": {"failed_login_delay": 0.0, "default_quota": quota},
         },
+        testcase=testcase,
+        users=users,
+        data_dir=data_dir,
+        reactor=reactor,
+        before_config=test_certificate,
     )
-    top = make_service(config, reactor, only=("ftp",))
-    saved = accounts.SCRYPT_N
-    accounts.SCRYPT_N = 1 << 4
-    try:
-        for name, password in (users or {}).items():
-            top.context.accounts.add(name, password)
-    finally:
-        accounts.SCRYPT_N = saved
-    top.startService()
     os.makedirs(os.path.join(top.context.file_store.root, "public"), exist_ok=True)
     fixture = FTPServerFixture(top, data_dir)
     if testcase is not None:
