@@ -10,9 +10,14 @@ from typing import Any
 from twisted.internet import error as internet_error
 from twisted.internet.protocol import DatagramProtocol
 
+from appnet.tftp import wire
+
 MAX_PACKET_SIZE = 65536
 """Read size of every TFTP socket: above any DATA with the largest blksize
 (Twisted's default of 8192 would truncate large blocks)."""
+
+ERROR_OPCODE = wire.encode(wire.Error(0, ""))[:2]
+"""The first two octets of an ERROR: never answered (two servers could loop)."""
 
 RECEIVE_BUFFER = 4 * 1024 * 1024
 """Receive buffer asked for by a socket that receives DATA: a window of

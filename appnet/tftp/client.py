@@ -32,8 +32,7 @@ from twisted.internet import abstract, defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from appnet.tftp import wire
-from appnet.tftp._udp import MachineDriver, listen_transfer_port, socket_sendto as _socket_sendto
+from appnet.tftp._udp import ERROR_OPCODE, MachineDriver, listen_transfer_port, socket_sendto as _socket_sendto
 from appnet.tftp.machine import (
     UNKNOWN_TID_DATAGRAM,
     Action,
@@ -64,8 +63,6 @@ DEFAULT_CLIENT_POLICY = TransferPolicy(timeout=1.0, retries=5, dally=2.0)
 
 Progress = Callable[[int, Union[int, None]], None]
 """C{progress(bytes_so_far, expected_total_or_None)}."""
-
-_ERROR_OPCODE = wire.encode(wire.Error(0, ""))[:2]
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ class _ClientTransfer(MachineDriver):
         if (established and addr != self.peer) or (
             not established and addr[0] != self.server[0]
         ):
-            if datagram[:2] != _ERROR_OPCODE and addr[1] != 0:
+            if datagram[:2] != ERROR_OPCODE and addr[1] != 0:
                 self._write(UNKNOWN_TID_DATAGRAM, addr)
             return
         try:

@@ -41,7 +41,13 @@ Driving a machine (the contract C{server.py} and C{client.py} implement)
          the port. Always the last action the machine ever returns. A
          receiver returns L{Close} some time after L{Done}: it lingers
          ("dallies") to re-acknowledge a final block whose ACK was lost.
-  5. Exceptions: nothing the peer sends makes a machine raise. The machine
+  5. Optionally, the lock-step fast path: offer each datagram to
+     C{fast_ack(data, now)} first; when it returns a datagram, send it and
+     (re)arm the timer for C{deadline}, and skip C{datagram_received}.
+     Call C{read_ahead()} after carrying out each batch of actions, so the
+     next block is read while the peer is busy. Both are exactly
+     equivalent to the general path (tests run transfers both ways).
+  6. Exceptions: nothing the peer sends makes a machine raise. The machine
      raises only on misuse by our own code (C{datagram_received} before
      C{start}, a source returning more than asked): those are bugs.
 
@@ -98,6 +104,7 @@ from __future__ import annotations
 import enum
 import errno
 import re
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Protocol, Union
@@ -156,6 +163,10 @@ MAX_WINDOWSIZE = 65535
 """Largest C{windowsize} option value (RFC 7440)."""
 
 _ERROR_MESSAGE_LIMIT = 200
+
+_DATA_OPCODE = wire.encode(Data(0, b""))[:2]
+_ACK_OPCODE = wire.encode(Ack(0))[:2]
+_BLOCK_NUMBER = struct.Struct("!H").pack
 
 
 def error_datagram(code: int, message: str) -> bytes:
@@ -541,6 +552,20 @@ class Transfer:
             return self._guard(now, self._on_unexpected, packet, now)
         return self._guard(now, handler, self, packet, now)
 
+    def fast_ack(self, datagram: bytes, now: float) -> bytes | None:
+        """
+        The in-order ACK fast path of a lock-step sender; see L{Sender.fast_ack}.
+
+        @return: C{None} here: a receiver has no fast path.
+        """
+        return None
+
+    def read_ahead(self) -> None:
+        """
+        Read what the fast path needs next; see L{Sender.read_ahead}. A
+        no-op here.
+        """
+
     def timer_fired(self, now: float) -> list[Action]:
         """
         Handle the timer set by the last L{SetTimer}.
@@ -801,6 +826,11 @@ class Sender(Transfer):
         self._sent_upto = 0
         self._final: int | None = None
         self._oack = b""
+        # The fast path (fast_ack): the ACK that moves a lock-step transfer
+        # on, and the source's next chunk read ahead (or the OSError the
+        # read raised, raised again where the read would have been).
+        self._fast_ack: bytes | None = None
+        self._ahead: bytes | OSError | None = None
 
     @classmethod
     def serve(
@@ -875,12 +905,81 @@ class Sender(Transfer):
         self._state = State.SENDING
         return self._send_window(self._base, now)
 
+    # The in-order ACK fast path
+
+    def fast_ack(self, datagram: bytes, now: float) -> bytes | None:
+        """
+        The in-order ACK fast path of a lock-step transfer.
+
+        When C{datagram} is exactly the ACK of the one block in flight of an
+        octet-mode transfer with C{windowsize} 1, the file goes on, and
+        L{read_ahead} has the next full block ready, this does what
+        L{datagram_received} would (move the window on, count, re-arm the
+        timer for L{deadline}) without decoding a packet or building
+        actions, and returns the DATA datagram to send. In every other case
+        (duplicates, stale or partial ACKs, the last block, netascii, a
+        short or failed read, anything else) it changes nothing and returns
+        C{None}: give the datagram to L{datagram_received}.
+
+        @param datagram: the raw bytes from the peer.
+        @param now: the current time in seconds.
+        @return: the next DATA datagram, or C{None}.
+        """
+        if datagram != self._fast_ack:
+            return None
+        ahead = self._ahead
+        blksize = self._options.blksize
+        if type(ahead) is not bytes or len(ahead) != blksize or self._pending:
+            return None
+        # _on_ack and _send_window for exactly this case.
+        self._ahead = None
+        self._file_bytes += blksize
+        self._window.popleft()
+        block = self._base = self._sent_upto = self._base + 1
+        self._timeouts = 0
+        number = _BLOCK_NUMBER(block & MAX_BLOCK)
+        following = _DATA_OPCODE + number + ahead
+        self._window.append(following)
+        self._fast_ack = _ACK_OPCODE + number
+        self._deadline = now + self._interval
+        return following
+
+    def read_ahead(self) -> None:
+        """
+        Read the source's next chunk now, while the peer is busy with the
+        block just sent, so that L{fast_ack} needs no I/O.
+
+        Only while the fast path is armed (lock-step, octet, more to come),
+        and only the read the next block would make anyway: the file is
+        read in the same calls, in the same order, just earlier. A read
+        error is kept and raised where the read would have been.
+        """
+        if self._fast_ack is None or self._ahead is not None or self._eof:
+            return
+        try:
+            self._ahead = self._source.read(self._options.blksize)
+        except OSError as e:
+            self._ahead = e
+
+    def _read_chunk(self, size: int) -> bytes:
+        ahead = self._ahead
+        if ahead is None:
+            return self._source.read(size)
+        self._ahead = None
+        if isinstance(ahead, OSError):
+            raise ahead
+        return ahead
+
+    def _close(self) -> Close:
+        self._fast_ack = None
+        return super()._close()
+
     def _read_payload(self) -> bytes:
         """The next block's payload: a full block, or a short one at the end."""
         blksize = self._options.blksize
         pending = self._pending
         while len(pending) < blksize and not self._eof:
-            chunk = self._source.read(blksize)
+            chunk = self._read_chunk(blksize)
             if len(chunk) > blksize:
                 raise ValueError(f"source returned {len(chunk)} bytes, asked for {blksize}")
             if not chunk:
@@ -918,6 +1017,10 @@ class Sender(Transfer):
                 self._sent_upto = block
             actions.append(Send(datagram))
             block += 1
+        if self._options.windowsize == 1 and self._final is None and not self._netascii:
+            self._fast_ack = _ACK_OPCODE + _BLOCK_NUMBER(self._sent_upto & MAX_BLOCK)
+        else:
+            self._fast_ack = None
         actions.append(self._arm(now))
         return actions
 

@@ -59,7 +59,8 @@ from appnet.filesystem.interfaces import (
 from appnet.filesystem.paths import normalize_virtual, split_virtual
 from appnet.stats import ServiceStats
 from appnet.tftp import wire
-from appnet.tftp._udp import MachineDriver, MAX_PACKET_SIZE, listen_transfer_port, socket_sendto as _socket_sendto
+from appnet.tftp._threaded import TransferThread, bind_transfer_socket, threads_supported
+from appnet.tftp._udp import ERROR_OPCODE, MachineDriver, MAX_PACKET_SIZE, listen_transfer_port, socket_sendto as _socket_sendto
 from appnet.tftp.machine import (
     UNKNOWN_TID_DATAGRAM,
     Action,
@@ -70,6 +71,7 @@ from appnet.tftp.machine import (
     Send,
     Sender,
     SetTimer,
+    State,
     Transfer,
     TransferPolicy,
     TransferStats,
@@ -88,8 +90,6 @@ __all__ = [
 
 _log = Logger(namespace="appnet.tftp")
 _transcript_log = Logger(namespace="appnet.tftp.transcript")
-
-_ERROR_OPCODE = wire.encode(wire.Error(0, ""))[:2]
 
 SERVER_WINDOW_BYTES = 128 * 1024
 """The server's bound on one window (C{blksize} x C{windowsize}): a burst
@@ -154,6 +154,13 @@ def describe_transfer(
         f"{stats.file_bytes} bytes, {stats.blocks} blocks, "
         f"{stats.retransmissions} resent, {stats.duration:.3f} s: {outcome}"
     )
+
+
+def _outcome(action: Done | Failed) -> str:
+    """The end of a transcript line for a machine's L{Done} or L{Failed}."""
+    if isinstance(action, Done):
+        return "ok"
+    return f"failed: ERROR {int(action.error.code)} {action.error.message}"
 
 
 class _WriterSink:
@@ -228,6 +235,21 @@ class _ServerTransfer(MachineDriver):
         )
         self._sendto = _socket_sendto(self._port)
         self._perform(self.machine.start(self._reactor.seconds()))
+        self.machine.read_ahead()
+
+    def adopt(self, sock: Any) -> None:
+        """
+        Carry on a started machine on C{sock}, the socket of a transfer
+        thread that let it go (L{_ThreadedServerTransfer}); the reactor
+        takes its own copy of the socket.
+        """
+        self._port = self._reactor.adoptDatagramPort(
+            sock.fileno(), sock.family, self, MAX_PACKET_SIZE
+        )
+        self._sendto = _socket_sendto(self._port)
+        deadline = self.machine.deadline
+        if deadline is not None:
+            self._set_timer(deadline)
 
     def abort(self, code: int = ErrorCode.NOT_DEFINED, message: str = "server shutting down") -> None:
         """Give up now: tell the client, undo any upload, release the port."""
@@ -244,12 +266,20 @@ class _ServerTransfer(MachineDriver):
                 # RFC 1350: answer a stranger with ERROR 5, never disturb the
                 # transfer; never answer an ERROR (two servers could loop).
                 self.factory.stats.incr("unknown_tid")
-                if datagram[:2] != _ERROR_OPCODE and addr[1] != 0:
+                if datagram[:2] != ERROR_OPCODE and addr[1] != 0:
                     self._write(UNKNOWN_TID_DATAGRAM, addr)
                 return
             if self._closed or self._paused:
                 return
-            self._perform(self.machine.datagram_received(datagram, self._reactor.seconds()))
+            machine = self.machine
+            now = self._reactor.seconds()
+            following = machine.fast_ack(datagram, now)
+            if following is None:
+                self._perform(machine.datagram_received(datagram, now))
+            else:
+                self._write(following, addr)
+                self._set_timer(machine.deadline)
+            machine.read_ahead()
         except Exception:
             self._internal_error()
 
@@ -279,10 +309,7 @@ class _ServerTransfer(MachineDriver):
             elif isinstance(action, Failed):
                 if self._writer is not None:
                     self._writer.abort()
-                error = action.error
-                self.factory.transfer_done(
-                    self, action.stats, f"failed: ERROR {int(error.code)} {error.message}"
-                )
+                self.factory.transfer_done(self, action.stats, _outcome(action))
             elif isinstance(action, Close):
                 self._release()
 
@@ -331,6 +358,132 @@ class _ServerTransfer(MachineDriver):
         port, self._port = self._port, None
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         d.addBoth(lambda _: self.closed.callback(None))
+
+
+class _ThreadedServerTransfer:
+    """
+    A download on a thread of its own (see L{appnet.tftp._threaded}): the
+    thread drives the machine on the transfer's socket; this object is the
+    transfer's face in the reactor thread, with L{_ServerTransfer}'s
+    interface for the factory (C{begin}, C{abort}, C{closed}), and
+    C{release} to move the transfer onto the reactor: a L{_ServerTransfer}
+    adopts the socket and the machine, and takes this one's place.
+    """
+
+    def __init__(
+        self,
+        factory: TFTPServerFactory,
+        machine: Sender,
+        peer: tuple[str, int],
+        request: ReadRequest,
+        request_bytes: bytes,
+        path: str,
+        source: Any,
+    ) -> None:
+        self.factory = factory
+        self.machine = machine
+        self.peer = peer
+        self.request = request
+        self.request_bytes = request_bytes
+        self.path = path
+        self._source = source
+        self._sock: Any = None
+        self._thread: TransferThread | None = None
+        self._closed = False
+        self._abort: tuple[int, str] | None = None
+        self._crashed = False
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def begin(self, interface: str) -> None:
+        """
+        Bind a fresh port and start the thread.
+
+        @raise internet_error.CannotListenError: no port could be bound
+        """
+        try:
+            self._sock = bind_transfer_socket(interface)
+        except OSError as e:
+            raise internet_error.CannotListenError(interface, 0, e) from e
+        reactor = self.factory.reactor
+        self._thread = TransferThread(
+            self.machine, self._sock, self.peer,
+            clock=reactor.seconds,
+            busy_poll=self.factory.busy_poll,
+            alone=lambda: len(self.factory.transfers) <= 1,
+            call_from_thread=reactor.callFromThread,
+            on_outcome=self._outcome,
+            on_unknown_tid=lambda: self.factory.stats.incr("unknown_tid"),
+            on_crash=self._on_crash,
+            on_exit=self._exited,
+        )
+        self._thread.start()
+
+    def abort(self, code: int = ErrorCode.NOT_DEFINED, message: str = "server shutting down") -> None:
+        """Have the thread tell the client and end; C{closed} fires when it has."""
+        if self._closed:
+            return
+        self._abort = (code, message)
+        if self._thread is None:
+            self._exited()  # never started
+        else:
+            self._thread.stop(code, message)
+
+    def release(self) -> None:
+        """Move the transfer onto the reactor (see L{TransferThread.release})."""
+        if not self._closed and self._thread is not None:
+            self._thread.release()
+
+    def _outcome(self, action: Done | Failed) -> None:
+        self.factory.transfer_done(self, action.stats, _outcome(action))
+
+    def _on_crash(self, failure: Any) -> None:
+        self._crashed = True
+        _log.failure("TFTP transfer with {peer} failed", failure, peer=self.peer)
+        self.factory.stats.incr("errors")
+        self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
+
+    def _send_error(self, code: int, message: str) -> None:
+        try:
+            self._sock.sendto(error_datagram(code, message), self.peer)
+        except OSError:
+            pass
+
+    def _exited(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            if thread.released and not thread.stopped and self.machine.state is not State.CLOSED:
+                # The thread let the machine go without a word to the peer.
+                if self._abort is not None:
+                    self._send_error(*self._abort)
+                elif not self._crashed and self._hand_off():
+                    return
+        if self._sock is not None:
+            self._sock.close()
+        self._source.close()
+        self.factory.transfer_closed(self)
+        self.closed.callback(None)
+
+    def _hand_off(self) -> bool:
+        """Carry the transfer on on the reactor; C{False} if that failed."""
+        successor = _ServerTransfer(
+            self.factory, self.machine, self.peer, self.request, self.request_bytes,
+            self.path, source=self._source,
+        )
+        try:
+            successor.adopt(self._sock)
+        except Exception:
+            _log.failure("moving a TFTP transfer onto the reactor failed")
+            self.factory.stats.incr("errors")
+            self._send_error(ErrorCode.NOT_DEFINED, "internal server error")
+            return False
+        self._sock.close()
+        self.factory.transfer_moved(self, successor)
+        successor.closed.chainDeferred(self.closed)
+        return True
 
 
 class TFTPServerProtocol(DatagramProtocol):
@@ -387,11 +540,21 @@ class TFTPServerFactory:
     @param max_transfers: live transfers in all
     @param max_transfers_per_client: live transfers per client IP address
     @param stats: counters: C{transfers}, C{transfers_failed},
-        C{transfers_active}, C{bytes_out} and C{bytes_in} (file octets),
+        C{transfers_active}, C{transfers_threaded} (of C{transfers}: begun
+        on a thread), C{bytes_out} and C{bytes_in} (file octets),
         C{requests_refused}, C{duplicate_requests}, C{unknown_tid},
         C{malformed}, C{errors} (refusals, failed transfers, our bugs)
     @param trace: log one transcript line per transfer; C{trace_emit}
         receives each line instead when given
+    @param max_threads: a download runs on a thread of its own (see
+        L{appnet.tftp._threaded}) while no more than this many transfers
+        are live; when more are, the threaded ones move onto the reactor
+        (which adopts their sockets). Uploads always run on the reactor.
+        0: everything on the reactor. Needs a reactor with
+        C{callFromThread} and C{adoptDatagramPort}, and a POSIX platform.
+    @param busy_poll: seconds a transfer thread polls for the peer's answer
+        after sending, before it sleeps (0: never); only while it is the
+        only live transfer
     @param reactor: provides C{listenUDP}, C{callLater} and C{seconds}
     """
 
@@ -408,6 +571,8 @@ class TFTPServerFactory:
         stats: ServiceStats | None = None,
         trace: bool = False,
         trace_emit: Callable[[str], None] | None = None,
+        max_threads: int = 0,
+        busy_poll: float = 0.0,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -425,8 +590,13 @@ class TFTPServerFactory:
         self.trace = trace
         self.trace_emit = trace_emit
         self.reactor = reactor
-        self.transfers: dict[tuple[str, int], _ServerTransfer] = {}
+        self.max_threads = max_threads if threads_supported() else 0
+        self.busy_poll = busy_poll
+        self.transfers: dict[tuple[str, int], _ServerTransfer | _ThreadedServerTransfer] = {}
         self._per_host: dict[str, int] = {}
+        # Threaded transfers until their thread has exited (an aborted one
+        # leaves `transfers` at once when a new request takes its place).
+        self._threaded: set[_ThreadedServerTransfer] = set()
 
     def buildProtocol(self, addr: Any = None) -> TFTPServerProtocol:
         """A protocol for one more well-known port."""
@@ -488,6 +658,12 @@ class TFTPServerFactory:
             _log.failure("no UDP port for a TFTP transfer")
             transfer.abort()
             self._refuse(listener, addr, packet, (ErrorCode.NOT_DEFINED, "server busy, try again later"))
+            return
+        if len(self.transfers) > self.max_threads:
+            # Several transfers share the process: one event loop serves
+            # them with less CPU than threads taking turns at the GIL.
+            for threaded in list(self._threaded):
+                threaded.release()
 
     def _check_limits(self, addr: tuple[str, int]) -> tuple[int, str] | None:
         if len(self.transfers) >= self.max_transfers:
@@ -525,7 +701,9 @@ class TFTPServerFactory:
         parts = split_virtual(filename)
         return normalize_virtual("/".join(parts) or ".", base)
 
-    def _open_read(self, request: ReadRequest, datagram: bytes, addr: tuple[str, int]) -> _ServerTransfer:
+    def _open_read(
+        self, request: ReadRequest, datagram: bytes, addr: tuple[str, int]
+    ) -> _ServerTransfer | _ThreadedServerTransfer:
         path = self._resolve(self.root, request.filename)
         source = self.view.open_read(path)
         try:
@@ -534,6 +712,8 @@ class TFTPServerFactory:
         except BaseException:
             source.close()
             raise
+        if len(self.transfers) < self.max_threads and len(self._threaded) < self.max_threads:
+            return _ThreadedServerTransfer(self, machine, addr, request, datagram, path, source)
         return _ServerTransfer(self, machine, addr, request, datagram, path, source=source)
 
     def _open_write(self, request: WriteRequest, datagram: bytes, addr: tuple[str, int]) -> _ServerTransfer:
@@ -548,14 +728,19 @@ class TFTPServerFactory:
 
     # Bookkeeping
 
-    def _track(self, transfer: _ServerTransfer) -> None:
+    def _track(self, transfer: _ServerTransfer | _ThreadedServerTransfer) -> None:
+        if isinstance(transfer, _ThreadedServerTransfer):
+            self._threaded.add(transfer)
+            self.stats.incr("transfers_threaded")
         self.transfers[transfer.peer] = transfer
         host = transfer.peer[0]
         self._per_host[host] = self._per_host.get(host, 0) + 1
         self.stats.incr("transfers")
         self.stats.incr("transfers_active")
 
-    def transfer_done(self, transfer: _ServerTransfer, stats: TransferStats, outcome: str) -> None:
+    def transfer_done(
+        self, transfer: _ServerTransfer | _ThreadedServerTransfer, stats: TransferStats, outcome: str
+    ) -> None:
         """Count and record a transfer that succeeded or failed."""
         key = "bytes_out" if isinstance(transfer.request, ReadRequest) else "bytes_in"
         self.stats.incr(key, stats.file_bytes)
@@ -567,8 +752,16 @@ class TFTPServerFactory:
                       host=transfer.peer[0], port=transfer.peer[1], line=line)
         self._transcript(transfer.peer, line)
 
-    def transfer_closed(self, transfer: _ServerTransfer) -> None:
+    def transfer_moved(self, transfer: _ThreadedServerTransfer, successor: _ServerTransfer) -> None:
+        """A threaded transfer carries on on the reactor as C{successor}."""
+        self._threaded.discard(transfer)
+        if self.transfers.get(transfer.peer) is transfer:
+            self.transfers[transfer.peer] = successor
+
+    def transfer_closed(self, transfer: _ServerTransfer | _ThreadedServerTransfer) -> None:
         """Forget a transfer whose port is being released."""
+        if isinstance(transfer, _ThreadedServerTransfer):
+            self._threaded.discard(transfer)
         if self.transfers.get(transfer.peer) is transfer:
             del self.transfers[transfer.peer]
         host = transfer.peer[0]
@@ -593,7 +786,7 @@ class TFTPServerFactory:
 
         @return: a Deferred firing when every transfer port is released
         """
-        live = list(self.transfers.values())
+        live = set(self.transfers.values()) | self._threaded
         for transfer in live:
             transfer.abort()
         return defer.DeferredList([t.closed for t in live]).addCallback(lambda _: None)

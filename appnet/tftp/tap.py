@@ -78,6 +78,8 @@ def build_service(context: AppnetContext, parent: service.MultiService) -> None:
         max_transfers_per_client=cfg["max_transfers_per_client"],
         stats=context.stats.service("tftp"),
         trace=cfg["trace"],
+        max_threads=cfg["threads"],
+        busy_poll=cfg["busy_poll"] / 1e6,
         reactor=context.reactor,
     )
     stopper = _StopTransfers(factory)

@@ -13,10 +13,19 @@ Clients and options (the issue's matrix):
   - atftp with C{"windowsize 16"} too (tftpd-hpa 5.2 ignores windowsize, so
     it runs lock-step there: the comparison shows what pipelining buys).
 
-Every download is checked (size and SHA-256) and bounded by C{--timeout};
-every server is stopped at the end. Run from the repository root::
+With C{--reactor-too}, a second appnet runs with C{[tftp] threads = 0}
+(every transfer on the Twisted reactor, the path before transfer threads)
+as one more column.
 
-    python bench/tftp/run.py [--size-mib 64] [--tftpy-python /path/to/python]
+Every download is checked (size and SHA-256) and bounded by C{--timeout};
+every server is stopped at the end. With C{--runs N}, N rounds run one
+after the other, each visiting every case and every server (in alternating
+order), so load from elsewhere on the machine hits all servers alike; the
+median of each cell is reported (and the best, printed per run). Run from
+the repository root::
+
+    python bench/tftp/run.py [--size-mib 64] [--runs 3] [--reactor-too]
+                             [--tftpy-python /path/to/python]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import hashlib
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,11 +64,12 @@ class Result:
     server: str
     client: str
     options: str
-    seconds: float | None
+    seconds: list[float]
     error: str = ""
 
     def rate(self, size: int) -> float | None:
-        return size / self.seconds / 1e6 if self.seconds else None
+        """MB/s of the median run."""
+        return size / statistics.median(self.seconds) / 1e6 if self.seconds else None
 
 
 def free_udp_port() -> int:
@@ -82,12 +93,17 @@ def wait_for_udp_server(port: int, deadline: float) -> None:
     raise RuntimeError(f"no TFTP server answered on port {port}")
 
 
-def start_appnet(data_dir: str, port: int) -> subprocess.Popen:
+def start_appnet(data_dir: str, port: int, tftp_config: str = "") -> subprocess.Popen:
+    """C{twistd appnet-tftp}, with C{tftp_config} as the C{[tftp]} section of its config."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    config = os.path.join(data_dir, f"appnet-{port}.toml")
+    with open(config, "w") as f:
+        f.write(f"[tftp]\n{tftp_config}\n")
     return subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "-l", os.path.join(data_dir, "twistd.log"),
-         "appnet-tftp", "--data", data_dir, "--listen", f"udp:{port}:interface=127.0.0.1"],
+        [twistd, "-n", "--pidfile=", "-l", os.path.join(data_dir, f"twistd-{port}.log"),
+         "appnet-tftp", "--config", config, "--data", data_dir,
+         "--listen", f"udp:{port}:interface=127.0.0.1"],
         env=env, cwd=data_dir, stdin=subprocess.DEVNULL,
     )
 
@@ -135,7 +151,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180, help="seconds per download")
     parser.add_argument("--tftpy-python", help="a Python with tftpy installed")
     parser.add_argument("--runs", type=int, default=1,
-                        help="runs per cell, the best one reported (default 1, as the issue asks)")
+                        help="interleaved rounds; each cell reports its median (default 1)")
+    parser.add_argument("--reactor-too", action="store_true",
+                        help="also run appnet with every transfer on the reactor (threads = 0)")
     args = parser.parse_args()
     size = args.size_mib << 20
     work = tempfile.mkdtemp(prefix="tftp-bench-")
@@ -155,45 +173,47 @@ def main() -> int:
         hpa_root = os.path.join(work, "hpa")
         os.makedirs(hpa_root)
         os.link(source, os.path.join(hpa_root, "bench.bin"))
-        servers: list[tuple[str, callable]] = [
-            ("appnet", lambda port: start_appnet(appnet_data, port)),
-            ("tftpd-hpa", lambda port: start_tftpd_hpa(hpa_root, port)),
-        ]
+        servers: list[tuple[str, callable]] = [("appnet", lambda port: start_appnet(appnet_data, port))]
+        if args.reactor_too:
+            servers.append(("appnet-reactor",
+                            lambda port: start_appnet(appnet_data, port, "threads = 0")))
+        servers.append(("tftpd-hpa", lambda port: start_tftpd_hpa(hpa_root, port)))
         if args.tftpy_python:
             servers.append(("tftpy", lambda port: start_tftpy(args.tftpy_python, hpa_root, port)))
-        results: list[Result] = []
+        results = {(client, label, name): Result(name, client, label, [])
+                   for client, label, _ in CASES for name, _ in servers}
         target = os.path.join(work, "downloaded.bin")
-        # Every server runs at once, and each case visits them back to back,
-        # so that a noisy neighbour on the machine hits all of them alike.
+        # Every server runs at once, and each case visits them back to back
+        # (in alternating order from round to round), so that a noisy
+        # neighbour on the machine hits all of them alike.
         running: list[tuple[str, int, subprocess.Popen]] = []
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         try:
             for server_name, start in servers:
                 port = free_udp_port()
                 running.append((server_name, port, start(port)))
             for server_name, port, _ in running:
                 wait_for_udp_server(port, time.monotonic() + 30)
-            for client, label, options in CASES:
-                for server_name, port, _ in running:
-                    if server_name == "tftpy" and "65464" in label:
-                        continue  # keep the slowest server's run bounded
-                    best: float | None = None
-                    problem = ""
-                    for _ in range(max(1, args.runs)):
+            for round_number in range(max(1, args.runs)):
+                order = running if round_number % 2 == 0 else running[::-1]
+                for client, label, options in CASES:
+                    for server_name, port, _ in order:
+                        if server_name == "tftpy" and "65464" in label:
+                            continue  # keep the slowest server's run bounded
+                        result = results[(client, label, server_name)]
                         try:
                             seconds = download(client, options, port, "bench.bin", target,
                                                args.timeout)
                         except subprocess.TimeoutExpired:
-                            problem = "timed out"
+                            result.error = "timed out"
                             continue
                         if not (os.path.exists(target) and os.path.getsize(target) == size
                                 and sha256(target) == digest):
-                            problem = "file differs"
+                            result.error = "file differs"
                             continue
-                        best = seconds if best is None else min(best, seconds)
-                    results.append(Result(server_name, client, label, best, problem))
-                    print(f"{server_name:10} {client:9} {label:30} "
-                          + (f"{size / best / 1e6:8.1f} MB/s" if best else "FAILED " + problem),
-                          flush=True)
+                        result.seconds.append(seconds)
+                        print(f"round {round_number + 1} {server_name:14} {client:9} {label:30} "
+                              f"{size / seconds / 1e6:8.1f} MB/s", flush=True)
         finally:
             for _, _, process in running:
                 process.terminate()
@@ -203,8 +223,10 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=10)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print()
-        print(f"{args.size_mib} MiB download, loopback, one run each; MB/s = 10^6 octets/s")
+        print(f"{args.size_mib} MiB download, loopback, median of {max(1, args.runs)} "
+              "interleaved run(s); MB/s = 10^6 octets/s")
         print()
         others = [name for name, _ in servers if name != "appnet"]
         header = "| client | options | appnet | " + " | ".join(others) + " | " + \
@@ -212,7 +234,7 @@ def main() -> int:
         print(header)
         print("|" + "---|" * (3 + 2 * len(others)))
         for client, label, _ in CASES:
-            row = {r.server: r for r in results if r.client == client and r.options == label}
+            row = {name: results[(client, label, name)] for name, _ in servers}
             ours = row.get("appnet")
             cells = [client, label, _fmt(ours, size)]
             cells += [_fmt(row.get(name), size) for name in others]
@@ -230,7 +252,7 @@ def _fmt(result: Result | None, size: int) -> str:
     if result is None:
         return "-"
     rate = result.rate(size)
-    return f"{rate:.1f}" if rate else result.error
+    return f"{rate:.1f}" if rate else (result.error or "-")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -24,7 +25,7 @@ from appnet.config import load_config
 from appnet.filesystem import FileStore
 from appnet.service import listening_ports, make_service
 from appnet.stats import ServiceStats
-from appnet.tftp import client
+from appnet.tftp import client, wire
 from appnet.tftp.machine import RemoteError, RequestedOptions, TransferPolicy
 from appnet.tftp.server import TFTPServerFactory
 
@@ -48,7 +49,7 @@ class TFTPServerFixture:
     """Our TFTP server on 127.0.0.1, port 0, over a temporary store."""
 
     def __init__(self, test: TestCase, *, writable: bool = False,
-                 policy: TransferPolicy = TransferPolicy(dally=0.5)) -> None:
+                 policy: TransferPolicy = TransferPolicy(dally=0.5), max_threads: int = 0) -> None:
         base = os.path.realpath(test.mktemp())
         self.store = FileStore(base, incoming=True)
         self.public = os.path.join(base, "public")
@@ -59,6 +60,7 @@ class TFTPServerFixture:
         self.factory = TFTPServerFactory(
             self.store.view_for(None), writable=writable, policy=policy,
             stats=self.stats, trace=True, trace_emit=self.lines.append, reactor=reactor,
+            max_threads=max_threads, busy_poll=50e-6,
         )
         self.listener = reactor.listenUDP(0, self.factory.buildProtocol(), interface="127.0.0.1")
         self.port = self.listener.getHost().port
@@ -242,6 +244,212 @@ class LoopbackTests(TestCase):
         self.assertIn("RRQ /s octet blksize=700: 1000 bytes, 2 blocks", self.server.lines[0])
 
 
+class ThreadedLoopbackTests(LoopbackTests):
+    """The same, with downloads on threads of their own (the deployed default)."""
+
+    def setUp(self) -> None:
+        self.server = TFTPServerFixture(self, writable=True, max_threads=4)
+
+    async def test_downloads_are_threaded(self) -> None:
+        """Downloads go through a transfer thread; uploads stay on the reactor."""
+        self.server.publish("t", patterned(5000))
+        await self.fetch("t")
+        await client.put("127.0.0.1", self.server.port, "up", io.BytesIO(b"x" * 700), policy=FAST)
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertEqual(self.server.stats["transfers"], 2)
+        self.assertEqual(self.server.stats["transfers_threaded"], 1)
+
+
+class RawPeer(DatagramProtocol):
+    """A hand-driven TFTP peer on 127.0.0.1: every datagram it gets is queued."""
+
+    def __init__(self) -> None:
+        self.queue: defer.DeferredQueue = defer.DeferredQueue()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.queue.put((datagram, addr))
+
+    def next(self, timeout: float = 5.0) -> defer.Deferred:
+        """The next datagram and its source, or a timeout failure."""
+        return self.queue.get().addTimeout(timeout, the_reactor())
+
+    def send(self, packet: wire.Packet, addr: tuple[str, int]) -> None:
+        self.transport.write(wire.encode(packet), addr)
+
+
+class ThreadedTransferTests(TestCase):
+    """What a transfer on its own thread keeps: TIDs, timeouts, limits, shutdown."""
+
+    def setUp(self) -> None:
+        self.server = TFTPServerFixture(
+            self, policy=TransferPolicy(timeout=0.2, retries=2), max_threads=1
+        )
+        self.data = patterned(2000)
+        self.server.publish("f", self.data)
+
+    def peer(self) -> RawPeer:
+        peer = RawPeer()
+        port = the_reactor().listenUDP(0, peer, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return peer
+
+    def request(self, peer: RawPeer, name: str = "f") -> None:
+        peer.send(wire.ReadRequest(name, wire.Mode.OCTET, {}), ("127.0.0.1", self.server.port))
+
+    async def next_error(self, peer: RawPeer) -> wire.Packet:
+        """The next ERROR C{peer} gets (DATA repeats on the way are skipped)."""
+        for _ in range(20):
+            packet = wire.decode((await peer.next())[0])
+            if isinstance(packet, wire.Error):
+                return packet
+        raise AssertionError("no ERROR")
+
+    async def read_rest(self, peer: RawPeer, first: bytes, tid: tuple[str, int]) -> bytes:
+        """ACK blocks from DATA 1 (C{first}) to the end; return the file."""
+        received = b""
+        expected = 1
+        packet = wire.decode(first)
+        while True:
+            assert isinstance(packet, wire.Data), packet
+            if packet.block == expected:  # else a late repeat of one we have
+                received += packet.payload
+                expected += 1
+                peer.send(wire.Ack(packet.block), tid)
+                if len(packet.payload) < 512:
+                    return received
+            datagram, addr = await peer.next()
+            self.assertEqual(addr, tid)
+            packet = wire.decode(datagram)
+
+    async def test_unknown_tid(self) -> None:
+        """
+        A datagram to the transfer's port from another address gets ERROR 5
+        and does not disturb the transfer.
+        """
+        client, stranger = self.peer(), self.peer()
+        self.request(client)
+        first, tid = await client.next()
+        stranger.send(wire.Ack(1), tid)
+        answer, addr = await stranger.next()
+        self.assertEqual(addr, tid)
+        self.assertEqual(wire.decode(answer).code, wire.ErrorCode.UNKNOWN_TID)
+        self.assertEqual(await self.read_rest(client, first, tid), self.data)
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertEqual(self.server.stats["unknown_tid"], 1)
+        self.assertEqual(self.server.stats["transfers_threaded"], 1)
+        self.assertEqual(len(self.server.lines), 1)
+        self.assertIn("RRQ /f octet blksize=512: 2000 bytes, 4 blocks", self.server.lines[0])
+
+    async def test_timeout(self) -> None:
+        """An unanswered block is sent again C{retries} times, then ERROR 0."""
+        client = self.peer()
+        self.request(client)
+        first, tid = await client.next()
+        for _ in range(2):
+            self.assertEqual((await client.next())[0], first)
+        answer, _ = await client.next()
+        self.assertIsInstance(wire.decode(answer), wire.Error)
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertIn("2 resent", self.server.lines[0])
+        self.assertIn("failed: ERROR 0 timed out after 2 retransmissions", self.server.lines[0])
+
+    async def test_stop(self) -> None:
+        """Stopping the server ends a live threaded transfer with ERROR 0, and waits for it."""
+        client = self.peer()
+        self.request(client)
+        await client.next()
+        await self.server.factory.stop()
+        self.assertEqual(self.server.factory.transfers, {})
+        self.assertEqual(self.server.stats["transfers_active"], 0)
+        self.assertEqual(await self.next_error(client), wire.Error(0, "server shutting down"))
+        self.assertFalse([t for t in threading.enumerate() if t.name.startswith("tftp-transfer")])
+
+    async def test_superseded(self) -> None:
+        """
+        A new request from the same client port ends the threaded transfer
+        it replaces (ERROR 0 from the old TID) and is served in full.
+        """
+        client = self.peer()
+        self.request(client)
+        _, old_tid = await client.next()
+        self.request(client, "/f")  # the same file, but not a repeat of the request
+        old: list[wire.Packet] = []
+        new: list[tuple[bytes, tuple[str, int]]] = []
+        while not (old and isinstance(old[-1], wire.Error) and new):
+            datagram, addr = await client.next()
+            if addr == old_tid:
+                old.append(wire.decode(datagram))  # a late DATA 1 repeat, then the ERROR
+            else:
+                new.append((datagram, addr))
+        self.assertEqual(old[-1], wire.Error(0, "superseded by a new request"))
+        first, new_tid = new[0]
+        self.assertEqual(await self.read_rest(client, first, new_tid), self.data)
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertEqual(self.server.factory._threaded, set())
+
+    async def test_hand_off(self) -> None:
+        """
+        Beyond the cap (one here), a new download runs on the reactor, and
+        the threaded one moves there too, on the same port, mid-transfer;
+        both complete, with one transcript line each.
+        """
+        first_client, second_client = self.peer(), self.peer()
+        self.request(first_client)
+        first, first_tid = await first_client.next()
+        self.assertEqual(len(self.server.factory._threaded), 1)
+        self.request(second_client)
+        second, second_tid = await second_client.next()
+        await poll(lambda: not self.server.factory._threaded)
+        self.assertEqual(self.server.stats["transfers"], 2)
+        self.assertEqual(self.server.stats["transfers_threaded"], 1)
+        self.assertEqual(await self.read_rest(first_client, first, first_tid), self.data)
+        self.assertEqual(await self.read_rest(second_client, second, second_tid), self.data)
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertEqual(self.server.factory.transfers, {})
+        self.assertEqual(len(self.server.lines), 2)
+        self.assertTrue(all(line.endswith(": ok") for line in self.server.lines), self.server.lines)
+
+    async def test_stop_after_hand_off(self) -> None:
+        """A transfer moved onto the reactor is still ended by a shutdown."""
+        first_client, second_client = self.peer(), self.peer()
+        self.request(first_client)
+        await first_client.next()
+        self.request(second_client)
+        await second_client.next()
+        await poll(lambda: not self.server.factory._threaded)
+        await self.server.factory.stop()
+        for peer in (first_client, second_client):
+            self.assertEqual(await self.next_error(peer), wire.Error(0, "server shutting down"))
+        self.assertEqual(self.server.stats["transfers_active"], 0)
+
+    async def test_our_bug(self) -> None:
+        """A bug in the thread answers ERROR 0, is logged once, and frees the transfer."""
+        view = self.server.factory.view
+
+        class Broken:
+            def __init__(self, f: Any) -> None:
+                self.f = f
+                self.fileno, self.close = f.fileno, f.close
+
+            def read(self, size: int) -> bytes:
+                if self.f.tell():
+                    raise ValueError("a bug")
+                return self.f.read(size)
+
+        class View:
+            def open_read(self, path: str) -> Broken:
+                return Broken(view.open_read(path))
+
+        self.server.factory.view = View()
+        client = self.peer()
+        self.request(client)
+        self.assertIsInstance(wire.decode((await client.next())[0]), wire.Data)
+        self.assertEqual(await self.next_error(client), wire.Error(0, "internal server error"))
+        await poll(lambda: self.server.stats["transfers_active"] == 0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.server.stats["errors"], 1)
+
+
 async def poll(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
     """Wait until C{condition()} is true, checking every C{interval} (bounded)."""
     from twisted.internet import task
@@ -330,8 +538,12 @@ class _Side(DatagramProtocol):
 class LossyPathTests(TestCase):
     """Transfers through a relay that drops and duplicates datagrams."""
 
+    max_threads = 0
+
     def setUp(self) -> None:
-        self.server = TFTPServerFixture(self, writable=True, policy=LOSSY)
+        self.server = TFTPServerFixture(
+            self, writable=True, policy=LOSSY, max_threads=self.max_threads
+        )
 
     def relay(self, seed: int) -> LossyRelay:
         relay = LossyRelay(("127.0.0.1", self.server.port), seed=seed, drop=0.1, duplicate=0.1)
@@ -369,6 +581,12 @@ class LossyPathTests(TestCase):
         with open(os.path.join(self.server.incoming, "lossy-up"), "rb") as f:
             self.assertEqual(f.read(), data)
         self.assertGreater(relay.dropped, 10)
+
+
+class ThreadedLossyPathTests(LossyPathTests):
+    """The same, with downloads on threads of their own."""
+
+    max_threads = 4
 
 
 class AssemblyTests(TestCase):

@@ -41,10 +41,15 @@ def read(path: str) -> bytes:
 
 
 class ClientsAgainstOurServerTests(TestCase):
-    """tftp-hpa, atftp and curl fetch from (and send to) our server."""
+    """
+    tftp-hpa, atftp and curl fetch from (and send to) our server, with
+    every transfer on the reactor.
+    """
+
+    max_threads = 0
 
     def setUp(self) -> None:
-        self.server = TFTPServerFixture(self, writable=True)
+        self.server = TFTPServerFixture(self, writable=True, max_threads=self.max_threads)
         self.work = os.path.realpath(self.mktemp())
         os.makedirs(self.work)
         self.files = {size: patterned(size) for size in SIZES}
@@ -178,6 +183,12 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ThreadedClientsAgainstOurServerTests(ClientsAgainstOurServerTests):
+    """The same, with downloads on threads of their own (the deployed default)."""
+
+    max_threads = 4
 
 
 class OurClientAgainstTftpdHpaTests(TestCase):
