@@ -667,13 +667,23 @@ class POP3Server(BoundedLines, _tpop3.POP3):
             return None
         d = defer.maybeDeferred(self.mbox.sync)
 
+        def release() -> None:
+            # Free the maildrop before the reply, not at connectionLost: a
+            # client that logs in again as soon as it reads +OK must not
+            # find its own old session still holding the lock.
+            logout, self._onLogout = self._onLogout, None
+            if logout is not None:
+                logout()
+
         def updated(_: object) -> None:
+            release()
             self.successResponse(b"%s POP3 server signing off (maildrop updated)" % self.factory.hostname.encode())
             self.transport.loseConnection()
 
         def update_failed(failure: Failure) -> None:
             _log.failure("POP3 UPDATE failed", failure)
             self.factory.stats.incr("errors")
+            release()
             self.failResponse(b"[SYS/TEMP] some deleted messages not removed")
             self.transport.loseConnection()
 

@@ -288,6 +288,18 @@ class AuthTests(POP3TestMixin, SynchronousTestCase):
         proto.connectionLost(None)
         self.assertIn(b"+OK maildrop", self.login(proto2, t2))
 
+    def test_quit_releases_before_reply(self) -> None:
+        """
+        The maildrop is free when QUIT's +OK goes out (UPDATE state, RFC
+        1939 section 6), not only when the connection is gone: a client
+        that logs in again at once must not find [IN-USE].
+        """
+        proto, t = self.connect()
+        self.login(proto, t)
+        self.assertTrue(self.send(proto, t, b"QUIT\r\n").startswith(b"+OK "))
+        proto2, t2 = self.connect()
+        self.assertIn(b"+OK maildrop has 2 messages", self.login(proto2, t2))
+
     def test_auth_plain_initial_response(self) -> None:
         """AUTH PLAIN with an initial response logs in (RFC 5034)."""
         proto, t = self.connect()
