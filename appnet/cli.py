@@ -3,6 +3,7 @@ The C{appnet} console command: accounts, local delivery, and clients.
 
     appnet [--config FILE] [--data DIR] user add|passwd|del|list [NAME]
     appnet [--config FILE] [--data DIR] mail deliver USER < message.eml
+    appnet mail send --from A --to B [--cc C] [--subject S] [--attach FILE] [--server H:P] < body.txt
     appnet pop3 fetch --host H --port P --user U [--tls starttls|implicit|none] [--delete] [--out DIR]
     appnet tftp get|put [--host H] [--port P] [--blksize N] [--windowsize N] FILE [NAME]
     appnet dns query NAME [TYPE] [--server IP] [--port P] [--tcp] [--norecurse] [--timeout S]
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     deliver = mail.add_parser("deliver", help="deliver a message from stdin (local delivery agent)")
     deliver.add_argument("user")
     deliver.add_argument("--folder", default="INBOX")
+    from appnet.smtp.cli import add_parser as _add_mail_send_parser
+
+    _add_mail_send_parser(mail)
 
     pop3 = sub.add_parser("pop3", help="POP3 client").add_subparsers(dest="action", required=True)
     fetch = pop3.add_parser("fetch", help="retrieve messages into a directory")
@@ -284,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "user":
             return _user(args)
+        if args.command == "mail" and args.action == "send":
+            from appnet.smtp.cli import run as _mail_send
+
+            return _mail_send(args)
         if args.command == "mail":
             return _deliver(args)
         if args.command == "pop3":

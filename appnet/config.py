@@ -229,6 +229,42 @@ def _rr_lines(v: Any) -> list[str]:
 _SIZE_ALLOWED = 'a positive byte count or a size like "512M", "2G"; 0 for none'
 
 
+def _domains(v: Any) -> list[str]:
+    """A list of DNS domain names (lower-cased, no trailing dot)."""
+    if not isinstance(v, list):
+        raise ValueError
+    return [_hostname(d) for d in v]
+
+
+def _host_port(v: Any) -> str:
+    """C{""} (none), C{"host"} or C{"host:port"} (C{"[IPv6]:port"})."""
+    import ipaddress
+
+    v = _str(v).strip()
+    if not v:
+        return ""
+    if v.startswith("["):
+        host, sep, port = v[1:].partition("]")
+        ipaddress.IPv6Address(host)
+        port = port[1:] if port.startswith(":") else port
+        if sep and not port:
+            return v
+    else:
+        host, _, port = v.partition(":")
+        _hostname(host)
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError
+    return v
+
+
+def _intervals(v: Any) -> list[int]:
+    """A non-empty list of positive seconds."""
+    if not isinstance(v, list) or not v:
+        raise ValueError
+    return [_int_range(1, 86400 * 7)(i) for i in v]
+
+
+
 def _service_keys(port: int, tls_port: int | None, **extra: Key) -> dict[str, Key]:
     """The keys every TCP service shares, plus its own."""
     keys = {
@@ -322,6 +358,82 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "where USER/PASS and AUTH PLAIN are accepted",
         ),
     ),
+    "smtp": _service_keys(
+        10025,
+        10465,
+        submission_listen=Key(
+            ["tcp:10587:interface=127.0.0.1"],
+            _stream_endpoints,
+            "a list of endpoint strings (tcp:PORT:interface=ADDR, tcp6:, unix:, systemd:)",
+            "message submission listeners (RFC 6409: AUTH required, STARTTLS offered)",
+        ),
+        local_domains=Key(
+            [],
+            _domains,
+            "a list of DNS domain names",
+            "domains whose mail is delivered here; empty: localhost and the hostname",
+        ),
+        max_message_size=Key(
+            35 << 20, _size, _SIZE_ALLOWED, "largest message accepted (advertised in SIZE)"
+        ),
+        max_recipients=Key(
+            100,
+            _int_range(100, 100_000),
+            "100 to 100000 (RFC 5321 4.5.3.1.8 asks for at least 100)",
+            "recipients per message; one more gets 452 4.5.3",
+        ),
+        max_line=Key(
+            1000,
+            _int_range(1000, 1 << 20),
+            "1000 to 1048576 (octets with CRLF; RFC 5321 4.5.3.1.6 asks for 1000)",
+            "longest command or message line accepted",
+        ),
+        idle_timeout=Key(
+            300,
+            _int_range(1, 86400),
+            "seconds, 1 to 86400",
+            "close sessions idle this long (RFC 5321 4.5.3.2 asks for at least 5 minutes)",
+        ),
+        plaintext_auth=Key(
+            "tls-or-loopback",
+            _choice("tls-or-loopback", "tls", "always"),
+            '"tls-or-loopback", "tls" or "always"',
+            "where AUTH PLAIN and LOGIN are accepted",
+        ),
+        smarthost=Key(
+            "",
+            _host_port,
+            '"" or "host[:port]"',
+            "send all outbound mail through this host; empty: MX lookup",
+        ),
+        relay_port=Key(
+            25, _int_range(1, 65535), "1 to 65535", "port of the MX hosts outbound mail goes to"
+        ),
+        relay_tls=Key(
+            "opportunistic",
+            _choice("opportunistic", "required", "none"),
+            '"opportunistic", "required" or "none"',
+            "STARTTLS when relaying outbound mail",
+        ),
+        queue_lifetime=Key(
+            432000,
+            _int_range(60, 86400 * 30),
+            "seconds, 60 to 2592000",
+            "give up on an outbound message after this long and bounce it (RFC 5321 4.5.4.1: 4-5 days)",
+        ),
+        retry_intervals=Key(
+            [60, 300, 900, 1800, 3600],
+            _intervals,
+            "a non-empty list of seconds, each 1 to 604800",
+            "waits between delivery attempts; the last repeats",
+        ),
+        resolvers=Key(
+            [],
+            _dns_servers,
+            'a list of "IP" or "IP:PORT" strings',
+            "DNS servers for MX lookups; empty: the system's resolv.conf",
+        ),
+    ),
     "tftp": {
         "enabled": Key(True, _bool, "true or false", "start this service"),
         "listen": Key(
@@ -354,6 +466,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
             10, _int_range(1, 100_000), "1 to 100000", "concurrent transfers per client address"
         ),
         "max_file_size": Key(None, _size, _SIZE_ALLOWED, "largest upload accepted"),
+        "threads": Key(
+            1,
+            _int_range(0, 10_000),
+            "0 to 10000",
+            "downloads run on a thread of their own while no more transfers are live; 0: never",
+        ),
+        "busy_poll": Key(
+            50,
+            _int_range(0, 10_000),
+            "microseconds, 0 to 10000",
+            "a lone transfer thread polls this long for the next ACK before sleeping; 0: never",
+        ),
     },
     "ftp": _service_keys(
         10021,
@@ -474,7 +598,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 #: Services in start-up order; each has a section in L{SCHEMA} and a package.
-SERVICES = ("pop3", "tftp", "ftp", "dns")
+SERVICES = ("pop3", "tftp", "ftp", "dns", "smtp")
 
 
 def _delay(v: Any) -> float:

@@ -20,12 +20,14 @@ class BoundedLines:
     The class using it defines C{lineReceived(line)} (without the line end),
     C{line_too_long()} (send the protocol's error once per overlong line),
     and C{max_line_length()}; it calls C{cut_after_this_line()} when a
-    command switches the connection to TLS.
+    command switches the connection to TLS, and C{stop_after_this_line()}
+    then C{take_unframed()} when what follows is not lines (SMTP DATA, BDAT).
     """
 
     _line_buffer = b""
     _discarding = False
     _cut = False
+    _stop = False
 
     def max_line_length(self) -> int:
         raise NotImplementedError
@@ -37,8 +39,21 @@ class BoundedLines:
         """Drop everything received after the current line (TLS starts)."""
         self._cut = True
 
+    def stop_after_this_line(self) -> None:
+        """
+        Frame no more lines of this packet: the rest stays buffered for
+        L{take_unframed} (SMTP's DATA and BDAT, or a command waiting for a
+        Deferred while pipelined commands wait behind it).
+        """
+        self._stop = True
+
+    def take_unframed(self) -> bytes:
+        """Remove and return the bytes received but not framed yet."""
+        rest, self._line_buffer = self._line_buffer, b""
+        return rest
+
     def dataReceived(self, data: bytes) -> None:
-        self._cut = False
+        self._cut = self._stop = False
         buf = self._line_buffer + data if self._line_buffer else data
         start = 0
         limit = self.max_line_length()
@@ -58,6 +73,9 @@ class BoundedLines:
                 self.line_too_long()
                 continue
             self.lineReceived(line)  # type: ignore[attr-defined]
+            if self._stop:
+                self._line_buffer = buf[start:]
+                return
             if self._cut or self.transport.disconnecting:  # type: ignore[attr-defined]
                 self._line_buffer = b""
                 return

@@ -206,6 +206,7 @@ def listen(
     tls: bool = False,
     refusal: bytes = b"",
     tls_options: Any = None,
+    endpoints_key: str | None = None,
 ) -> None:
     """
     Add one listener per endpoint of C{[name] listen} (or C{listen_tls}
@@ -214,6 +215,8 @@ def listen(
 
     @param tls_options: server TLS options for C{tls} listeners instead of
         C{context.tls_options} (FTPS needs a session cache)
+    @param endpoints_key: read the endpoints from this key instead (SMTP's
+        C{submission_listen}); the listeners are named C{<name>-<key>}
     """
     section = context.config[name]
     guarded = GuardedFactory(
@@ -231,9 +234,13 @@ def listen(
     else:
         outer = guarded
         endpoints = section["listen"]
+    label = f"{name}-tls" if tls else name
+    if endpoints_key is not None:
+        endpoints = section[endpoints_key]
+        label = f"{name}-{endpoints_key}"
     for description in endpoints:
         svc = ListenerService(description, outer, context.reactor)
-        svc.setName(f"{name}{'-tls' if tls else ''}:{description}")
+        svc.setName(f"{label}:{description}")
         svc.setServiceParent(parent)
 
 

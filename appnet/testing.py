@@ -4,18 +4,19 @@ Real appnet servers inside your trial tests, in one line.
     from appnet.testing import start_mail_server
 
     class MyTests(unittest.TestCase):
-        async def test_fetch(self):
+        async def test_signup_mail(self):
             server = await start_mail_server(self, users={"alice": "pw"})
-            await server.deliver("alice", b"Subject: hi\\n\\nhello\\n")
-            # ... point your POP3 code at server.host, server.pop3_port ...
-            self.assertEqual(server.received("alice")[0]["Subject"], "hi")
+            # ... point the code under test at server.host, server.smtp_port ...
+            [message] = await server.wait_for("alice", 1)
+            self.assertEqual(message["Subject"], "Welcome")
 
-L{start_mail_server} starts the mail services on 127.0.0.1, port 0, over a
-temporary data directory with the users you name, and stops them when the
-test ends (it registers C{addCleanup} on the test case you pass).
-C{received(user)} returns the user's messages parsed with Python's
-C{email} package; C{wait_for(user, count)} is a Deferred that fires once
-that many have arrived.
+L{start_mail_server} starts the mail services (SMTP: MX, submission and
+smtps; POP3 and POP3S) on 127.0.0.1, port 0, over a temporary data
+directory with the users you name, and stops them when the test ends (it
+registers C{addCleanup} on the test case you pass). C{received(user)}
+returns the user's messages parsed with Python's C{email} package;
+C{wait_for(user, count)} is a Deferred that fires once that many have
+arrived. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from appnet.service import listening_ports, make_service
 __all__ = ["start_mail_server", "start_services", "MailServerFixture", "ServiceFixture", "MAIL_SERVICES"]
 
 #: The services L{start_mail_server} starts.
-MAIL_SERVICES = ("pop3",)
+MAIL_SERVICES = ("smtp", "pop3")
 
 
 def start_services(
@@ -110,6 +111,9 @@ class MailServerFixture(ServiceFixture):
     Running mail services for one test.
 
     @ivar host: C{"127.0.0.1"}
+    @ivar smtp_port: the SMTP MX port (mail for local users from anyone)
+    @ivar submission_port: the submission port (STARTTLS, AUTH required)
+    @ivar smtps_port: the implicit-TLS submission port
     @ivar pop3_port: the POP3 (STLS-capable) port
     @ivar pop3s_port: the implicit-TLS POP3 port
     @ivar data_dir: the temporary data directory
@@ -125,6 +129,9 @@ class MailServerFixture(ServiceFixture):
         self.reactor = reactor
         ports = listening_ports(top)
         self.ports = {name: port.getHost().port for name, port in ports.items()}
+        self.smtp_port = self.ports.get("smtp")
+        self.submission_port = self.ports.get("smtp-submission_listen")
+        self.smtps_port = self.ports.get("smtp-tls")
         self.pop3_port = self.ports.get("pop3")
         self.pop3s_port = self.ports.get("pop3-tls")
         self.cert_path = os.path.join(data_dir, "tls", "cert.pem")
@@ -178,6 +185,8 @@ async def start_mail_server(
     reactor: Any = None,
     fast_hashes: bool = True,
     failed_login_delay: float = 0.0,
+    local_domains: tuple[str, ...] = (),
+    config: dict[str, dict[str, Any]] | None = None,
 ) -> MailServerFixture:
     """
     Start appnet's mail services on loopback port 0.
@@ -189,15 +198,30 @@ async def start_mail_server(
     @param fast_hashes: hash passwords cheaply (tests only) so creating
         users costs microseconds, not scrypt's full cost
     @param failed_login_delay: seconds a failed login waits (0 in tests)
+    @param local_domains: the mail domains delivered locally (default:
+        C{localhost} and the host name), e.g. C{("example.com",)} so that
+        C{alice@example.com} reaches user C{alice}
+    @param config: more settings, section -> key -> value, as in the TOML
+        file (e.g. C{{"smtp": {"max_message_size": 10_000}}})
     @return: (via await / Deferred) the running L{MailServerFixture}
     """
     local = "tcp:0:interface=127.0.0.1"
+    overrides: dict[str, dict[str, Any]] = {
+        "smtp": {
+            "listen": [local],
+            "submission_listen": [local],
+            "listen_tls": [local],
+            "local_domains": list(local_domains),
+            "trace": trace,
+        },
+        "pop3": {"listen": [local], "listen_tls": [local], "trace": trace},
+        "accounts": {"failed_login_delay": float(failed_login_delay)},
+    }
+    for section, keys in (config or {}).items():
+        overrides.setdefault(section, {}).update(keys)
     top, data_dir, reactor = start_services(
         MAIL_SERVICES,
-        {
-            "pop3": {"listen": [local], "listen_tls": [local], "trace": trace},
-            "accounts": {"failed_login_delay": float(failed_login_delay)},
-        },
+        overrides,
         testcase=testcase,
         users=users,
         data_dir=data_dir,

@@ -103,9 +103,13 @@ class IMailboxStore(Interface):
     """Every user's mail, one Maildir++ per user."""
 
     def deliver(user: str, message: bytes, folder: str = "INBOX",
-                flags: frozenset[str] = frozenset()):
+                flags: frozenset[str] = frozenset(), assign_uid: bool = True):
         """
         Deliver a message into a user's folder.
+
+        With C{assign_uid=False} the store may leave numbering the message
+        to the next scan of the folder (the L{MessageInfo}'s C{uid} is then
+        0): for delivery agents that have no use for the UID.
 
         @return: a Deferred firing with the new L{MessageInfo} only once the
             message is durable on disk (written to tmp/, fsynced, renamed

@@ -72,6 +72,7 @@ from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appnet.errors import (
@@ -134,6 +135,13 @@ _rename = os.rename
 
 _held_maildrops: set[str] = set()
 _held_maildrops_guard = threading.Lock()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _arrival_order(key: str) -> tuple[int, int, str]:
@@ -472,6 +480,25 @@ class MaildirFolder:
             is written)
         @raise InvalidFlag: a flag is not storable
         """
+        staged = self._stage(message, flags, internal_date)
+        results: list[MessageInfo | Exception | None] = [None]
+        try:
+            self._commit([(0, *staged)], results)
+        except BaseException:
+            _unlink_quietly(staged[0])
+            raise
+        if isinstance(results[0], Exception):
+            raise results[0]
+        assert results[0] is not None
+        return results[0]
+
+    def _stage(self, message: bytes, flags: Iterable[str], internal_date: float | None
+               ) -> tuple[str, str, str, str, int, int, frozenset[str], float]:
+        """
+        Write one message to C{tmp/} and fsync it; L{_commit} puts it in
+        place. Several threads may stage into one folder at once (their
+        fsyncs share the journal's commits).
+        """
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"message must be bytes, not {type(message)}")
         wanted = normalize_flags(flags)
@@ -495,30 +522,58 @@ class MaildirFolder:
             os.unlink(tmp_path)
             raise
         os.close(fd)
-
         sub, name = ("cur", f"{key}:2,{letters}") if letters else ("new", key)
-        dest = os.path.join(self.path, sub, name)
+        return tmp_path, key, sub, name, size, vsize, wanted, mtime
+
+    def _commit(self, staged: list[tuple[int, str, str, str, str, int, int, frozenset[str], float]],
+                results: list[MessageInfo | Exception | None],
+                assign_uid: bool = True) -> None:
+        """
+        Rename staged files into place, assign their UIDs, make it durable:
+        one hold of the folder lock, one UID-list write and one fsync per
+        target directory however many messages (group commit). Each
+        message's result (its L{MessageInfo} or the exception) goes into
+        C{results} at its index; staged files are removed on failure.
+
+        @param assign_uid: when false, the UID list is not touched: the
+            next scan numbers the files, as it does for mail any other
+            delivery agent puts in C{new/}; the results' C{uid} is 0
+        """
+        moved: list[str] = []
+        uids: list[int] = []
         try:
             with folder_lock(self.path):
-                _rename(tmp_path, dest)
-                uidlist = self._load_locked()
-                uid = uidlist.assign(key)
-                self._save_locked(uidlist)
-                self._state.locations[uid] = (sub, name)
-                # Under the lock: a scan may be pruning this dict.
-                self._state.facts[key] = (mtime, size, vsize)
-            _fsync_directory(os.path.join(self.path, sub))
-        except BaseException:
+                uidlist = self._load_locked() if assign_uid else None
+                for _, tmp_path, key, sub, name, size, vsize, _, mtime in staged:
+                    dest = os.path.join(self.path, sub, name)
+                    _rename(tmp_path, dest)
+                    moved.append(dest)
+                    uids.append(uidlist.assign(key) if uidlist is not None else 0)
+                if uidlist is not None:
+                    self._save_locked(uidlist)
+                    for uid, (_, _, key, sub, name, size, vsize, _, mtime) in zip(uids, staged):
+                        self._state.locations[uid] = (sub, name)
+                        # Under the lock: a scan may be pruning this dict.
+                        self._state.facts[key] = (mtime, size, vsize)
+            for sub in sorted({entry[3] for entry in staged}):
+                _fsync_directory(os.path.join(self.path, sub))
+        except Exception as e:
             # Do not leave a message the caller was told failed: it would
             # be delivered twice when the sender retries.
-            for leftover in (tmp_path, dest):
-                try:
-                    os.unlink(leftover)
-                except FileNotFoundError:
-                    pass
+            for entry in staged:
+                _unlink_quietly(entry[1])
+                results[entry[0]] = e
+            for dest in moved:
+                _unlink_quietly(dest)
+            return
+        except BaseException:
+            for dest in moved:
+                _unlink_quietly(dest)
             raise
-        self._store._note_added(self.path, sub)
-        return MessageInfo(uid, key, size, vsize, wanted, mtime, sub == "new")
+        for sub in {entry[3] for entry in staged}:
+            self._store._note_added(self.path, sub)
+        for uid, (i, _, key, sub, _, size, vsize, wanted, mtime) in zip(uids, staged):
+            results[i] = MessageInfo(uid, key, size, vsize, wanted, mtime, sub == "new")
 
     def _create_tmp(self, size: int, vsize: int) -> tuple[str, int]:
         tmp_dir = os.path.join(self.path, "tmp")
@@ -656,6 +711,10 @@ class MaildirStore:
         self._run_blocking = run_blocking
         self.hostname = escape_hostname(hostname or socket.gethostname())
         self._user_exists = user_exists
+        # Group commit: (user, folder, assign_uid) -> messages staged in tmp/ waiting
+        # for the commit in progress there; the targets with one in progress.
+        self._staged: dict[tuple[str, str, bool], list[tuple[MaildirFolder, tuple[Any, ...], defer.Deferred[MessageInfo]]]] = {}
+        self._committing: set[tuple[str, str, bool]] = set()
         self._states: dict[str, _FolderState] = {}
         self._states_guard = threading.Lock()
         # directory -> ((inode, mtime_ns), total stored size)
@@ -695,25 +754,74 @@ class MaildirStore:
     # -- IMailboxStore -----------------------------------------------------
 
     def deliver(self, user: str, message: bytes, folder: str = INBOX,
-                flags: Iterable[str] = frozenset()
+                flags: Iterable[str] = frozenset(), assign_uid: bool = True
                 ) -> defer.Deferred[MessageInfo]:
         """
         Deliver a message; see L{IMailboxStore.deliver}. All the work,
         including the C{user_exists} check, runs through C{run_blocking}.
 
+        Group commit: each message is written and fsynced in C{tmp/} in a
+        thread of its own (concurrent fsyncs share the journal's commits);
+        while one batch of staged messages is being renamed into place,
+        messages staged meanwhile wait and then go together (one UID-list
+        write, one directory fsync). Each Deferred fires only once its own
+        file and the directory entry naming it are durable.
+
+        With C{assign_uid=False} (SMTP, which has no use for the UID) the
+        UID list is left to the next scan, as for mail any other delivery
+        agent drops into C{new/}: the list is rewritten whole, so writing
+        it per batch costs time in proportion to the folder's size.
+
         @return: a Deferred firing with the L{MessageInfo} once the message
             is durable, or failing with L{NoSuchUser} (also for malformed
             names), L{NoSuchMailbox}, L{QuotaExceeded}
         """
-        return defer.maybeDeferred(self._run_blocking, self._deliver,
-                                   user, message, folder, flags)
+        target = (user, folder, assign_uid)
+        result: defer.Deferred[MessageInfo] = defer.Deferred()
 
-    def _deliver(self, user: str, message: bytes, folder: str,
-                 flags: Iterable[str]) -> MessageInfo:
+        def staged(entry: tuple[MaildirFolder, tuple[Any, ...]]) -> None:
+            self._staged.setdefault(target, []).append((entry[0], entry[1], result))
+            if target not in self._committing:
+                self._commit_batch(target)
+
+        d = defer.maybeDeferred(self._run_blocking, self._stage, user, folder, message, flags)
+        d.addCallbacks(staged, result.errback)
+        return result
+
+    def _stage(self, user: str, folder: str, message: bytes, flags: Iterable[str]
+               ) -> tuple[MaildirFolder, tuple[Any, ...]]:
         validate_user_name(user)
         if self._user_exists is not None and not self._user_exists(user):
             raise NoSuchUser(user)
-        return self.folder(user, folder).add_message(message, flags)
+        target = self.folder(user, folder)
+        return target, target._stage(message, flags, None)
+
+    def _commit_batch(self, target: tuple[str, str, bool]) -> None:
+        batch = self._staged.pop(target)
+        self._committing.add(target)
+        folder = batch[0][0]
+        staged = [(i, *entry) for i, (_, entry, _) in enumerate(batch)]
+
+        def commit() -> list[MessageInfo | Exception | None]:
+            results: list[MessageInfo | Exception | None] = [None] * len(staged)
+            folder._commit(staged, results, assign_uid=target[2])
+            return results
+
+        def done(results: Any) -> None:
+            self._committing.discard(target)
+            if target in self._staged:
+                self._commit_batch(target)
+            if isinstance(results, Failure):
+                for entry in staged:
+                    _unlink_quietly(entry[1])
+                results = [results] * len(batch)
+            for (_, _, d), outcome in zip(batch, results):
+                if isinstance(outcome, (Exception, Failure)):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+
+        defer.maybeDeferred(self._run_blocking, commit).addBoth(done)
 
     def folder(self, user: str, name: str = INBOX) -> MaildirFolder:
         """

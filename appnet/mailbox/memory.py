@@ -131,7 +131,7 @@ class MemoryMailboxStore:
         return folders
 
     def deliver(self, user: str, message: bytes, folder: str = "INBOX",
-                flags: frozenset[str] = frozenset()) -> defer.Deferred:
+                flags: frozenset[str] = frozenset(), assign_uid: bool = True) -> defer.Deferred:
         return defer.maybeDeferred(lambda: self.folder(user, folder).add_message(message, flags))
 
     def folder(self, user: str, name: str = "INBOX") -> _MemoryFolder:

@@ -32,3 +32,9 @@ appnet_dns = ServiceMaker(
     "appnet's DNS server (authoritative zones, EDNS0, TCP, AXFR, caching forwarder).",
     "appnet-dns",
 )
+appnet_smtp = ServiceMaker(
+    "appnet-smtp",
+    "appnet.smtp.tap",
+    "appnet's ESMTP server (MX, submission, smtps; PIPELINING, SIZE, 8BITMIME, STARTTLS, AUTH, SMTPUTF8, CHUNKING).",
+    "appnet-smtp",
+)

@@ -1,0 +1,1 @@
+"""SMTP: the ESMTP server, the outbound queue and relay, and the client."""
