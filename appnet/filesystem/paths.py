@@ -43,10 +43,21 @@ Policy, in the order it is applied:
      link cannot be used to create a file outside). A symlink loop is
      rejected with L{PathOutsideRoot}.
 
-Between this check and the later C{open} a local user with write access to
-the store's directories could swap a directory for a symlink; Python's
-standard library has no C{openat2(RESOLVE_BENEATH)} to close that window, so
-the store's directories must be writable only by appnet.
+How it is checked. The common case, a path with no symlink on the way, is
+walked the way C{openat2(RESOLVE_BENEATH)} would (Python's standard library
+has no C{openat2}): the root is opened once, then each component below it
+with C{os.open(name, dir_fd=parent)} and C{O_NOFOLLOW} (L{open_beneath},
+L{stat_beneath}), a handful of system calls in all and no window for a
+directory swapped for a symlink meanwhile. Only when that walk meets a
+symlink (or something that is not a directory) does the careful check
+above run: C{realpath} of the result against C{realpath} of the root. The
+real path of the root is never cached: it is read from the descriptor just
+opened, so a root replaced or moved is seen at once.
+
+Between the careful check and the later C{open} (symlinks on the way only)
+a local user with write access to the store's directories could swap a
+directory for a symlink, so the store's directories must be writable only
+by appnet.
 """
 
 from __future__ import annotations
@@ -55,7 +66,9 @@ import errno
 import os
 import posixpath
 import re
+import stat as statmod
 import unicodedata
+from collections.abc import Sequence
 
 from appnet.errors import PathOutsideRoot, PermissionDenied
 
@@ -65,8 +78,11 @@ __all__ = [
     "is_valid_name",
     "is_within",
     "normalize_virtual",
+    "open_beneath",
+    "resolve_parts",
     "resolve_path",
     "split_virtual",
+    "stat_beneath",
 ]
 
 MAX_NAME_BYTES = 255
@@ -237,6 +253,153 @@ def _real(path: str) -> str:
         raise PermissionDenied(os.strerror(e.errno or errno.EACCES)) from None
 
 
+# Directories on the way are opened only to look names up in them: O_PATH
+# (no read permission needed, nothing read), never following a symlink.
+_WALK_FLAGS = (getattr(os, "O_PATH", 0) or os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_STEP_FLAGS = _WALK_FLAGS | os.O_NOFOLLOW
+
+
+def _open_root(root: str) -> int | None:
+    """A descriptor of C{root} (symlinks in its own path followed: the jail
+    is its real path), or C{None} when it cannot be opened."""
+    try:
+        return os.open(root, _WALK_FLAGS)
+    except OSError:
+        return None
+
+
+def _descend(fd: int, names: Sequence[str]) -> int | None:
+    """
+    Walk C{names} down from directory C{fd} (which is consumed) without
+    following any symlink.
+
+    @return: a descriptor of the last directory, or C{None} when a symlink,
+        a non-directory or an unsearchable directory is on the way (the
+        careful check must decide)
+    @raise FileNotFoundError: when a component is missing
+    """
+    for name in names:
+        try:
+            child = os.open(name, _STEP_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            os.close(fd)
+            raise
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def open_beneath(root: str, parts: Sequence[str], flags: int, mode: int = 0o666) -> int | None:
+    """
+    Open C{root/parts...} without following any symlink below C{root}: the
+    race-free common case of the jail.
+
+    @param root: the jail's host directory
+    @param parts: at least one component, as L{split_virtual} returns them
+        (already checked)
+    @param flags: C{os.open} flags for the last component (C{O_NOFOLLOW}
+        and C{O_CLOEXEC} are added)
+    @param mode: permissions of a file C{O_CREAT} makes
+    @return: the descriptor, or C{None} when a symlink or a non-directory is
+        on the way: the caller must then take L{resolve_path}'s careful way
+    @raise OSError: opening the last component failed for any other reason
+        than its being a symlink (C{ENOENT} also for a missing directory on
+        the way)
+    """
+    fd = _open_root(root)
+    if fd is None:
+        return None
+    fd = _descend(fd, parts[:-1])
+    if fd is None:
+        return None
+    try:
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None
+        if e.errno == errno.ENOTDIR and flags & os.O_DIRECTORY and statmod.S_ISLNK(
+                os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+            return None  # O_DIRECTORY meeting a link says ENOTDIR, not ELOOP.
+        raise
+    finally:
+        os.close(fd)
+
+
+def stat_beneath(root: str, parts: Sequence[str]) -> os.stat_result | None:
+    """
+    C{stat} C{root/parts...} without following any symlink below C{root}.
+
+    @param parts: components as L{split_virtual} returns them; C{()} for
+        the root itself
+    @return: the status, or C{None} when a symlink or a non-directory is on
+        the way or at the end (the caller must take the careful way)
+    @raise OSError: C{ENOENT} when missing, and other failures of the last
+        C{stat}
+    """
+    if not parts:
+        return os.stat(root)
+    fd = _open_root(root)
+    if fd is None:
+        return None
+    fd = _descend(fd, parts[:-1])
+    if fd is None:
+        return None
+    try:
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+    return None if statmod.S_ISLNK(st.st_mode) else st
+
+
+def _descriptor_path(fd: int) -> str | None:
+    """The real path of the directory open as C{fd} (Linux C{/proc}), or
+    C{None} when it cannot be told."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    # A removed directory reads as "/x (deleted)"; anything odd is left to
+    # the careful way.
+    return path if path.startswith("/") and not path.endswith(" (deleted)") else None
+
+
+def _plain(root: str, parts: Sequence[str]) -> str | None:
+    """
+    The host path of C{parts} below C{root} when no symlink lies on the way
+    (the common case): the real path of the root read from its descriptor,
+    joined to C{parts}; the walk stops at the first missing component.
+
+    @return: the host path, or C{None} for the careful way
+    """
+    fd = _open_root(root)
+    if fd is None:
+        return None
+    real_root = _descriptor_path(fd)
+    if real_root is None:
+        os.close(fd)
+        return None
+    try:
+        fd = _descend(fd, parts[:-1])
+        if fd is None:
+            return None
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if st is not None and statmod.S_ISLNK(st.st_mode):
+            return None
+    except FileNotFoundError:
+        pass  # Missing from here down: nothing below can be a link.
+    return posixpath.join(real_root, *parts)
+
+
 def resolve_path(root: str, virtual_path: str) -> str:
     """
     Map a virtual path to a host path inside C{root}: the jail check.
@@ -251,8 +414,27 @@ def resolve_path(root: str, virtual_path: str) -> str:
     @raise PermissionDenied: for over-long names or paths, and unsearchable
         directories
     """
-    parts = split_virtual(virtual_path)
-    real_root = _real(os.fspath(root))
+    return resolve_parts(root, split_virtual(virtual_path))
+
+
+def resolve_parts(root: str, parts: Sequence[str]) -> str:
+    """
+    L{resolve_path} for a path split already.
+
+    @param root: see L{resolve_path}
+    @param parts: components as L{split_virtual} returns them (checked)
+    @return: see L{resolve_path}
+    @raise PathOutsideRoot: when a symlink leads outside the root
+    @raise PermissionDenied: for an over-long host path, and unsearchable
+        directories
+    """
+    root = os.fspath(root)
+    plain = _plain(root, parts) if parts else None
+    if plain is not None:
+        if len(os.fsencode(plain)) > MAX_PATH_BYTES:
+            raise PermissionDenied("path too long")
+        return plain
+    real_root = _real(root)
     candidate = posixpath.join(real_root, *parts) if parts else real_root
     if len(os.fsencode(candidate)) > MAX_PATH_BYTES:
         raise PermissionDenied("path too long")

@@ -72,8 +72,10 @@ from appnet.filesystem.paths import (
     MAX_NAME_BYTES,
     is_valid_name,
     is_within,
-    resolve_path,
+    open_beneath,
+    resolve_parts,
     split_virtual,
+    stat_beneath,
 )
 
 __all__ = ["FileStore", "FileView", "FileWriter", "RESERVED_PREFIX"]
@@ -419,6 +421,11 @@ def _parent(virtual: str) -> str:
     return posixpath.dirname(virtual) or "/"
 
 
+def _hides(mount: _Mount, host: str) -> bool:
+    """Whether host path C{host} lies in an area C{mount} must not reach."""
+    return any(is_within(h, host) for h in mount.hidden)
+
+
 @implementer(IFileView)
 class FileView:
     """
@@ -432,12 +439,12 @@ class FileView:
 
     # locating
 
-    def _locate(self, path: str) -> tuple[str, _Mount, str]:
+    def _route(self, path: str) -> tuple[str, _Mount, tuple[str, ...]]:
         """
-        @return: the canonical virtual path, its area and its host path
-        @raise PathOutsideRoot: see L{resolve_path}
-        @raise PermissionDenied: names appnet's temporary files, or leads
-            into another area through a symlink
+        @return: the canonical virtual path, its area and its components
+            below the area's root
+        @raise PathOutsideRoot: see L{split_virtual}
+        @raise PermissionDenied: names appnet's temporary files
         """
         parts = split_virtual(path)
         canonical = "/" + "/".join(parts)
@@ -450,12 +457,43 @@ class FileView:
         rest = parts[mount.depth:]
         if any(name.startswith(RESERVED_PREFIX) for name in rest):
             raise PermissionDenied("reserved name")
-        host = resolve_path(mount.root, "/".join(rest))
-        if mount.hidden and rest:
-            real = os.path.realpath(host)
-            if any(is_within(h, real) for h in mount.hidden):
-                raise PermissionDenied("path leads into another area")
-        return canonical, mount, host
+        if mount.hidden and rest and _hides(mount, posixpath.join(mount.root, *rest)):
+            raise PermissionDenied("path leads into another area")
+        return canonical, mount, rest
+
+    def _host(self, mount: _Mount, rest: tuple[str, ...]) -> str:
+        """
+        The host path of C{rest} in C{mount}, jailed (symlinks allowed
+        while they stay inside, and out of other areas).
+
+        @raise PathOutsideRoot: see L{resolve_parts}
+        @raise PermissionDenied: leads into another area through a symlink
+        """
+        host = resolve_parts(mount.root, rest)
+        if mount.hidden and rest and _hides(mount, os.path.realpath(host)):
+            raise PermissionDenied("path leads into another area")
+        return host
+
+    def _locate(self, path: str) -> tuple[str, _Mount, str]:
+        """
+        @return: the canonical virtual path, its area and its host path
+        @raise PathOutsideRoot: see L{resolve_path}
+        @raise PermissionDenied: names appnet's temporary files, or leads
+            into another area through a symlink
+        """
+        canonical, mount, rest = self._route(path)
+        return canonical, mount, self._host(mount, rest)
+
+    def _stat(self, mount: _Mount, rest: tuple[str, ...]) -> os.stat_result:
+        """C{stat} (following symlinks) of C{rest} in C{mount}: without a
+        symlink on the way, one walk and no C{realpath}."""
+        try:
+            st = stat_beneath(mount.root, rest)
+            if st is None:
+                st = os.stat(self._host(mount, rest))
+        except OSError as e:
+            raise _store_error(e) from None
+        return st
 
     def _info(self, canonical: str, name: str, st: os.stat_result, mount: _Mount,
               is_root: bool) -> FileInfo | None:
@@ -536,14 +574,11 @@ class FileView:
 
     def stat(self, path: str) -> FileInfo:
         """See L{IFileView.stat}."""
-        canonical, mount, host = self._locate(path)
+        canonical, mount, rest = self._route(path)
         is_root = canonical == mount.virtual
         if mount.mode == _DROP and not is_root:
             raise PermissionDenied("drop box contents are not disclosed")
-        try:
-            st = os.stat(host)
-        except OSError as e:
-            raise _store_error(e) from None
+        st = self._stat(mount, rest)
         info = self._info(canonical, posixpath.basename(canonical), st, mount, is_root)
         if info is None:
             raise NotFound(canonical)
@@ -561,12 +596,15 @@ class FileView:
         """See L{IFileView.open_read}."""
         if offset < 0:
             raise ValueError("offset must not be negative")
-        canonical, mount, host = self._locate(path)
+        canonical, mount, rest = self._route(path)
         if mount.mode == _DROP:
             raise PermissionDenied("a drop box cannot be read")
+        # O_NONBLOCK: a FIFO placed in the tree must not hang the reactor.
+        flags = os.O_RDONLY | _OPEN_FLAGS
         try:
-            # O_NONBLOCK: a FIFO placed in the tree must not hang the reactor.
-            fd = os.open(host, os.O_RDONLY | _OPEN_FLAGS)
+            fd = open_beneath(mount.root, rest, flags) if rest else None
+            if fd is None:
+                fd = os.open(self._host(mount, rest), flags)
         except OSError as e:
             raise _store_error(e) from None
         try:
@@ -577,7 +615,8 @@ class FileView:
                 raise NotFound(canonical)
             if offset > st.st_size:
                 raise InvalidOffset(f"offset {offset} beyond size {st.st_size}")
-            f = os.fdopen(fd, "rb")
+            # An explicit buffer size spares the isatty() ioctl of the default.
+            f = os.fdopen(fd, "rb", buffering=io.DEFAULT_BUFFER_SIZE)
         except BaseException:
             os.close(fd)
             raise

@@ -14,6 +14,11 @@ through twisted.cred, and replaces what Twisted gets wrong or lacks:
  - the data connection: Twisted's C{DTP} cannot do TLS, sendfile or wait
    without blocking the control channel; L{DataChannel} does, checks the
    peer address of passive connections, and sets TCP_NODELAY;
+ - per-transfer overhead: a passive port is a bare listening socket
+   (L{_PassivePort}) whose connection is accepted in the transfer
+   command's own reactor turn; a small file is sent and its connection
+   closed in that turn; replies go out at the end of each read
+   (L{FTPServer._flush}) rather than at the reactor's next turn;
  - framing: L{appnet.lines.BoundedLines} (CRLF or LF, an overlong line
    answered with 500 and the session kept, cleartext after AUTH TLS
    dropped); Twisted's LineReceiver drops the connection instead;
@@ -41,7 +46,7 @@ from typing import Any, Callable
 from OpenSSL import SSL
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import defer, error, interfaces, protocol, tcp
+from twisted.internet import address, defer, error, interfaces, posixbase, protocol, tcp
 from twisted.logger import Logger
 from twisted.protocols import ftp as _tftp
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -87,6 +92,11 @@ DATA_READ_SIZE = 1024 * 1024
 SENDFILE_SNDBUF = 8 * 1024 * 1024
 #: Most bytes one sendfile round sends before the reactor runs other work.
 SENDFILE_ROUND = 32 * 1024 * 1024
+
+
+#: Why a data connection closed after the whole transfer was sent: one
+#: Failure for all, as the reactor keeps its own (making one is costly).
+_SENT = Failure(error.ConnectionDone("transfer sent"))
 
 
 class FTPReply(Exception):
@@ -236,6 +246,30 @@ class DataChannel(protocol.Protocol):
         self.bytes_out += len(data)
         self.transport.write(data)
 
+    def send_final(self, data: bytes) -> bool:
+        """
+        Send C{data}, all this connection will carry, and close it.
+
+        @return: whether it is all with the kernel and the stream ended
+            (FIN) already, so that the transfer can be reported done now:
+            plain TCP whose socket took it at once. Otherwise it goes
+            through Twisted's buffer, and L{closed} tells when it is done.
+        """
+        sock = _socket_transport(self.transport)
+        sent = _send_now(sock, data) if sock is not None else 0
+        self.bytes_out += sent
+        if sock is not None and sent == len(data):
+            # Nothing is left in Twisted's buffer, so close now as the
+            # reactor would a turn later (loseConnection waits for a write
+            # event first): the descriptor leaves the reactor, the socket
+            # closes (the kernel still delivers what it holds), and
+            # connectionLost runs.
+            sock.connectionLost(_SENT)
+            return True
+        self.write(data[sent:])
+        self.transport.loseConnection()
+        return False
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)
 
@@ -272,6 +306,8 @@ class _DataFactory(protocol.ClientFactory):
         self._waiters: list[defer.Deferred] = []
         self.listening_port: Any = None
         self.connector: Any = None
+        self.deadline: Any = None
+        """The passive connection's timeout (an C{IDelayedCall}), if any."""
         self.refused: str | None = None
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
@@ -289,6 +325,7 @@ class _DataFactory(protocol.ClientFactory):
 
     def channel_made(self, channel: DataChannel) -> None:
         self.channel = channel
+        self._settled()
         if self.listening_port is not None:
             self.listening_port.stopListening()
             self.listening_port = None
@@ -305,6 +342,7 @@ class _DataFactory(protocol.ClientFactory):
     def fail(self, reason: Failure, refused: str | None = None) -> None:
         if self.channel is not None or self.failure is not None:
             return
+        self._settled()
         self.failure = reason
         self.refused = refused
         if self.listening_port is not None:
@@ -324,6 +362,20 @@ class _DataFactory(protocol.ClientFactory):
         self._waiters.append(d)
         return d
 
+    def _settled(self) -> None:
+        """Connected or failed: the passive connection's deadline is moot."""
+        deadline, self.deadline = self.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def accept(self) -> None:
+        """
+        The transfer command came: take the passive connection now if it
+        is waiting (see L{_PassivePort.accept}).
+        """
+        if self.channel is None and isinstance(self.listening_port, _PassivePort):
+            self.listening_port.accept()
+
     def close(self) -> None:
         """Stop listening or connecting; drop the connection if one is up."""
         if self.listening_port is not None:
@@ -334,6 +386,122 @@ class _DataFactory(protocol.ClientFactory):
         self.fail(Failure(error.ConnectionAborted("data connection closed")))
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.loseConnection()
+
+
+@implementer(interfaces.IReadDescriptor)
+class _PassivePort:
+    """
+    A passive data port on a real reactor: a listening socket whose
+    connections go to one L{_DataFactory} until it is stopped.
+
+    Twisted's C{listenTCP} does the same job with a log line at each start
+    and stop, a factory start and stop and a close deferred to the next
+    reactor turn: a third of the server's CPU time per small file
+    (bench/ftp). Tests on a memory reactor get C{listenTCP}, which records
+    its listeners (see L{FTPServer._listen_passive}).
+
+    Nothing is accepted before the transfer command (L{accept}): clients
+    connect first, and the kernel holds the connection meanwhile, so it is
+    taken in the command's own reactor turn, and the reactor watches the
+    port only when the client is late.
+    """
+
+    def __init__(self, reactor: Any, factory: Any, interface: str, port: int,
+                 failed: Callable[[Failure], None]) -> None:
+        """
+        @param factory: builds the protocol of each connection (the
+            L{_DataFactory}, or the TLS factory wrapping it)
+        @param failed: told when accepting fails for want of resources
+        @raise error.CannotListenError: when C{port} is taken or C{interface}
+            cannot be bound
+        """
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        nonblocking = getattr(socket, "SOCK_NONBLOCK", 0)
+        sock = socket.socket(family, socket.SOCK_STREAM | nonblocking)
+        try:
+            if port:
+                # A port of the range is reusable at once after a transfer
+                # whose connection lingers in TIME_WAIT. Not for port 0:
+                # there Linux's search for a free port, with thousands of
+                # passive ports in TIME_WAIT (every server-closed download
+                # leaves one), took 2.9 ms with SO_REUSEADDR against 0.4 ms
+                # without (6,000 of them, measured here); pyftpdlib sets
+                # it only for a range too.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if not nonblocking:
+                sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.bind(socket.getaddrinfo(interface, port, family, socket.SOCK_STREAM, 0,
+                                             socket.AI_NUMERICHOST)[0][4])
+            else:
+                sock.bind((interface, port))
+            sock.listen(8)
+            host = sock.getsockname()
+        except OSError as e:
+            sock.close()
+            raise error.CannotListenError(interface, port, e) from None
+        self._address_type = address.IPv6Address if family == socket.AF_INET6 else address.IPv4Address
+        self._host = self._address_type("TCP", host[0], host[1])
+        self.reactor = reactor
+        self.factory = factory
+        self._failed = failed
+        self.socket: socket.socket | None = sock
+        self._fileno = sock.fileno()
+        self._sessions = 0
+        self._watched = False
+
+    def getHost(self) -> Any:
+        """The address listened on (its port is what PASV/EPSV announce)."""
+        return self._host
+
+    def fileno(self) -> int:
+        return self._fileno if self.socket is not None else -1
+
+    def logPrefix(self) -> str:
+        return "FTP-passive"
+
+    def doRead(self) -> None:
+        """Accept what is waiting; the factory refuses all but its one peer."""
+        while self.socket is not None:
+            try:
+                sock, peer = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno == errno.ECONNABORTED:
+                    continue
+                # Out of descriptors or memory: the waiting connection would
+                # keep the socket readable, so give this transfer up (425).
+                self.stopListening()
+                self._failed(Failure(e))
+                return
+            protocol = self.factory.buildProtocol(self._address_type("TCP", peer[0], peer[1]))
+            if protocol is None:
+                sock.close()
+                continue
+            self._sessions += 1
+            transport = tcp.Server(sock, protocol, peer, None, self._sessions, self.reactor)
+            transport.repstr = f"<{type(protocol).__name__} on FTP passive port {self._host.port}>"
+            protocol.makeConnection(transport)
+
+    def accept(self) -> None:
+        """Take the connections waiting; have the reactor watch for the
+        client's until it comes."""
+        self.doRead()
+        if self.socket is not None and not self._watched:
+            self._watched = True
+            self.reactor.addReader(self)
+
+    def stopListening(self) -> None:
+        """Close the listening socket (connections made stay up)."""
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            if self._watched:
+                self.reactor.removeReader(self)
+            sock.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.stopListening()
 
 
 def _connecting(connector: Any) -> bool:
@@ -407,6 +575,27 @@ def _socket_transport(transport: Any) -> Any:
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         return transport
     return None
+
+
+def _send_now(transport: Any, data: bytes) -> int:
+    """
+    Send C{data} on plain TCP C{transport} at once, past Twisted's write
+    buffer (which would wait for the next reactor turn); when all of it
+    went, shut the sending side too (FIN). Only for a transport nothing was
+    written to yet.
+
+    @return: the number of bytes sent (0 when the socket refused them)
+    """
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        return 0
+    if sent == len(data):
+        try:
+            transport.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # The peer is gone already; Twisted's close finds out.
+    return sent
 
 
 @implementer(interfaces.IWriteDescriptor)
@@ -612,6 +801,9 @@ class FTPServer(BoundedLines, _tftp.FTP):
     _failed_logins = 0
     _transfer: Any = None
     _data: _DataFactory | None = None
+    _control_socket: Any = None
+    _reading = False
+    _unflushed = False
 
     # -- connection ----------------------------------------------------------
 
@@ -623,6 +815,12 @@ class FTPServer(BoundedLines, _tftp.FTP):
         self.mlst_facts = MLST_FACTS
         self.timeOut = f.idle_timeout
         self.callLater = f.reactor.callLater
+        self._control_socket = None if f.implicit_tls else _socket_transport(
+            getattr(self.transport, "transport", self.transport))
+        # Asked once: PASV/EPSV/PORT need them for every transfer.
+        self._local_host = self.transport.getHost().host
+        self._local_ip = _ip(self._local_host)
+        self._peer_host = self.transport.getPeer().host
         _nodelay(self.transport)
         if f.trace:
             peer = self.transport.getPeer()
@@ -659,6 +857,9 @@ class FTPServer(BoundedLines, _tftp.FTP):
             self.transcript.server(line)
         if self.transport is not None:
             self.transport.write(line + b"\r\n")
+            self._unflushed = True
+            if not self._reading:
+                self._flush()
 
     def reply_line(self, code: int, text: str) -> None:
         """Send a one-line reply (CR and LF in C{text} are neutralised)."""
@@ -674,10 +875,36 @@ class FTPServer(BoundedLines, _tftp.FTP):
             for line in out:
                 self.transcript.server(line)
         self.transport.write(data)
+        self._unflushed = True
+        if not self._reading:
+            self._flush()
+
+    def _flush(self) -> None:
+        """
+        Send the replies written so far now, not at the reactor's next
+        turn: a client waits for each reply, and a turn of the reactor
+        costs more than the reply (bench/ftp). Replies to what one read
+        brought go out together at its end (150 and 226 of a small file in
+        one segment, as the client reads them). Plain TCP only; C{doWrite}
+        is the reactor's own call, and on failure it leaves the descriptor
+        registered so that the reactor's next call reports it.
+        """
+        sock = self._control_socket
+        if self._unflushed and sock is not None and not sock.disconnecting:
+            self._unflushed = False
+            sock.doWrite()
 
     # -- framing and the command loop ------------------------------------------
 
     # -- framing (appnet.lines.BoundedLines) ------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reading = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reading = False
+        self._flush()
 
     def max_line_length(self) -> int:
         return self.factory.max_line
@@ -860,6 +1087,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         self.cut_after_this_line()
         self.transport.startTLS(self.factory.tls_options)
         self._tls = True
+        self._control_socket = None
         if self.transcript is not None:
             self.transcript.event("TLS started on the control connection")
         # RFC 4217 section 4: AUTH resets the session to just-connected.
@@ -1068,17 +1296,20 @@ class FTPServer(BoundedLines, _tftp.FTP):
 
     def _listen_passive(self, interface: str) -> _DataFactory:
         self._close_data()
-        peer = self.transport.getPeer().host
-        data = _DataFactory(self, peer)
+        data = _DataFactory(self, self._peer_host)
         wrapped = self._wrap_data(data)
         ports = list(self.factory.passive_ports) if self.factory.passive_ports else [0]
         if len(ports) > 1:
             random.shuffle(ports)
+        reactor = self.factory.reactor
+        lean = isinstance(reactor, posixbase.PosixReactorBase)
         for number in ports:
             try:
-                data.listening_port = self.factory.reactor.listenTCP(
-                    number, wrapped, interface=interface
-                )
+                if lean:
+                    data.listening_port = _PassivePort(reactor, wrapped, interface, number,
+                                                       data.fail)
+                else:
+                    data.listening_port = reactor.listenTCP(number, wrapped, interface=interface)
                 break
             except error.CannotListenError:
                 continue
@@ -1086,22 +1317,20 @@ class FTPServer(BoundedLines, _tftp.FTP):
             raise FTPReply(425, "no passive port free, try again later")
         self._data = data
         timeout = self.factory.data_timeout
-        call = self.factory.reactor.callLater(
+        data.deadline = self.factory.reactor.callLater(
             timeout, data.fail, Failure(error.TimeoutError("no data connection"))
         )
-        data.wait().addBoth(lambda r: call.cancel() if call.active() else None)
         return data
 
     def ftp_PASV(self) -> Any:
         if self._epsvAll:
             return (503, "PASV not allowed after EPSV ALL")
-        local = _ip(self.transport.getHost().host)
         advertised = self.factory.masquerade_address
         if advertised is None:
-            if not isinstance(local, ipaddress.IPv4Address):
+            if not isinstance(self._local_ip, ipaddress.IPv4Address):
                 return (425, "PASV is IPv4 only; use EPSV")
-            advertised = str(local)
-        data = self._listen_passive(self.transport.getHost().host)
+            advertised = str(self._local_ip)
+        data = self._listen_passive(self._local_host)
         port = data.listening_port.getHost().port
         return (227, f"Entering Passive Mode ({_tftp.encodeHostPort(advertised, port)})")
 
@@ -1111,19 +1340,17 @@ class FTPServer(BoundedLines, _tftp.FTP):
             return (200, "EPSV ALL ok")
         if arg and arg not in ("1", "2"):
             return (522, "network protocol not supported, use (1,2)")
-        local = _ip(self.transport.getHost().host)
-        family = "2" if isinstance(local, ipaddress.IPv6Address) else "1"
+        family = "2" if isinstance(self._local_ip, ipaddress.IPv6Address) else "1"
         if arg and arg != family:
             return (522, f"network protocol not supported, use ({family})")
-        data = self._listen_passive(self.transport.getHost().host)
+        data = self._listen_passive(self._local_host)
         port = data.listening_port.getHost().port
         return (229, f"Entering Extended Passive Mode (|||{port}|)")
 
     def _connect_active(self, host: str, port: int) -> Any:
         if self._epsvAll:
             return (503, "PORT/EPRT not allowed after EPSV ALL")
-        peer = self.transport.getPeer().host
-        if not _same_host(host, peer):
+        if not _same_host(host, self._peer_host):
             return (501, "PORT to an address other than yours is refused")
         if not 1024 <= port <= 65535:
             return (501, "PORT to a privileged port is refused")
@@ -1311,6 +1538,7 @@ class _Transfer:
         return 0
 
     def run(self) -> defer.Deferred:
+        self.data.accept()
         d = self.data.wait()
         d.addCallbacks(self._connected, self._no_connection)
         return d
@@ -1346,6 +1574,14 @@ class _Transfer:
     def abort(self) -> None:
         self.data.close()
 
+    def _send_final(self, channel: DataChannel, data: bytes) -> defer.Deferred:
+        """Send C{data} and close; fire with the reply. When the socket
+        took it all at once, 226 goes now rather than a reactor turn later,
+        when Twisted gets round to closing the socket."""
+        if channel.send_final(data):
+            return defer.succeed(self._ended((226,)))
+        return channel.closed.addCallback(lambda _: self._ended((226,)))
+
     def _closed(self) -> defer.Deferred:
         """Close the data connection; fire when it is gone."""
         assert self.channel is not None
@@ -1360,8 +1596,7 @@ class _Listing(_Transfer):
         self.body = body
 
     def transfer(self, channel: DataChannel) -> defer.Deferred:
-        channel.write(self.body)
-        return self._closed().addCallback(lambda _: self._ended((226,)))
+        return self._send_final(channel, self.body)
 
 
 class _Download(_Transfer):
@@ -1381,13 +1616,13 @@ class _Download(_Transfer):
         session = self.session
         sock = _socket_transport(channel.transport)
         reactor = session.factory.reactor
-        if session.binary and self._small():
+        size = self._small_size()
+        if session.binary and size is not None:
             # One read and one write: cheaper than setting up either
             # streaming path for a file that fits a socket buffer.
-            data = self.file.read()
+            data = os.pread(self.file.fileno(), size - self.offset, self.offset)
             self.file.close()
-            channel.write(data)
-            return self._sent(None)
+            return self._send_final(channel, data)
         if (session.binary and sock is not None and session.factory.use_sendfile
                 and hasattr(os, "sendfile") and hasattr(reactor, "addWriter")):
             self._sender = _Sendfile(reactor, sock, self.file, self.offset)
@@ -1402,12 +1637,13 @@ class _Download(_Transfer):
         d.addCallbacks(self._sent, self._failed)
         return d
 
-    def _small(self) -> bool:
+    def _small_size(self) -> int | None:
+        """The file's size if what is left to send is small, else None."""
         try:
             size = os.fstat(self.file.fileno()).st_size
         except (OSError, ValueError, AttributeError):
-            return False
-        return size - self.offset <= SMALL_FILE
+            return None
+        return size if size - self.offset <= SMALL_FILE else None
 
     def _sent(self, _: object) -> defer.Deferred:
         return self._closed().addCallback(lambda _: self._ended((226,)))

@@ -278,6 +278,84 @@ class LoopbackTests(TestCase):
         names = await in_thread(many)
         self.assertEqual(len(names), 51)  # the files and "public"
 
+    async def test_small_files_in_one_session(self) -> None:
+        """
+        Small files of every size up to past the one-write limit (empty,
+        64 KiB, 64 KiB + 1) download intact one after another in one
+        session, each on a passive port of appnet's own (not listenTCP),
+        each answered 150 then 226.
+        """
+        ports = []
+        original = ftp_server._PassivePort.__init__
+
+        def counting(port, *args):
+            ports.append(port)
+            original(port, *args)
+
+        self.patch(ftp_server._PassivePort, "__init__", counting)
+        sizes = [0, 1, 1000, 4096, ftp_server.SMALL_FILE, ftp_server.SMALL_FILE + 1]
+        files = {f"s{i}.bin": os.urandom(n) for i, n in enumerate(sizes)}
+        for name, data in files.items():
+            self.server.put(data, "public", name)
+
+        def fetch_all() -> tuple[dict, list]:
+            ftp = self.ftp(user="anonymous")
+            got, replies = {}, []
+            for _ in range(3):
+                for name in files:
+                    out = io.BytesIO()
+                    replies.append(ftp.retrbinary(f"RETR {name}", out.write))
+                    got[name] = out.getvalue()
+            ftp.quit()
+            return got, replies
+
+        got, replies = await in_thread(fetch_all)
+        self.assertEqual({n: sha(d) for n, d in got.items()},
+                         {n: sha(d) for n, d in files.items()})
+        self.assertEqual({r[:3] for r in replies}, {"226"})
+        self.assertEqual(len(ports), 3 * len(files))
+        self.assertGreaterEqual(self.server.stats["bytes_out"], sum(sizes))
+
+    async def test_passive_port_only_for_the_client(self) -> None:
+        """
+        A connection to the passive port from another address (127.0.0.2),
+        made before the client's own, is closed unread; the client's own
+        gets the file.
+        """
+
+        def steal_then_fetch() -> tuple[bytes, bytes, str, str]:
+            control = RawControl("127.0.0.1", self.server.port)
+            control.send("USER anonymous")
+            control.send("PASS guest@")
+            control.send("TYPE I")
+            reply = control.send("EPSV")
+            port = int(reply.split("|||")[1].split("|")[0])
+            thief = socket.socket()
+            thief.settimeout(10)
+            thief.bind(("127.0.0.2", 0))
+            thief.connect(("127.0.0.1", port))
+            data = socket.create_connection(("127.0.0.1", port), timeout=10)
+            first = control.send("RETR hello.txt")
+            try:
+                stolen = thief.recv(100)
+            except ConnectionResetError:
+                stolen = b""
+            thief.close()
+            received = b""
+            while chunk := data.recv(65536):
+                received += chunk
+            data.close()
+            last = control.reply()
+            control.send("QUIT")
+            control.close()
+            return stolen, received, first, last
+
+        stolen, received, first, last = await in_thread(steal_then_fetch)
+        self.assertEqual(stolen, b"")
+        self.assertEqual(received, b"hello\n")
+        self.assertTrue(first.startswith("150"), first)
+        self.assertTrue(last.startswith("226"), last)
+
     async def test_connection_limit_per_address(self) -> None:
         """Over the per-address connection limit a client is told 421 and closed."""
         await self.server.stop()

@@ -364,6 +364,40 @@ class FileStoreTestsMixin:
         self.assertRaises(PermissionDenied, self.anon.open_read, "/pub/grab")
         self.assertRaises(PermissionDenied, self.alice.open_read, "/public/pub/grab")
 
+    def test_reads_follow_inside_links_only(self) -> None:
+        """
+        Reads and stats take the walk for plain paths and the careful check
+        for links: a link inside the home reads its target, a link leaving
+        it is refused, and a directory swapped for a link to another home
+        after it was read is refused at the next read, stat and listing.
+        """
+        os.symlink("notes.txt", self.host("home/alice/alias"))
+        os.symlink("../bob", self.host("home/alice/peek"))
+        _write(self.host("home/alice/dir/f.txt"), b"mine")
+        self.assertEqual(self.download(self.alice, "/alias"), b"alice's notes")
+        self.assertEqual(self.alice.stat("/alias").size, len(b"alice's notes"))
+        self.assertRaises(PathOutsideRoot, self.alice.open_read, "/peek/private.txt")
+        self.assertRaises(PathOutsideRoot, self.alice.stat, "/peek/private.txt")
+        self.assertEqual(self.download(self.alice, "/dir/f.txt"), b"mine")
+        self.assertEqual(self.alice.stat("/dir/f.txt").size, 4)
+        os.rename(self.host("home/alice/dir"), self.host("home/alice/was"))
+        os.symlink(self.host("home/bob"), self.host("home/alice/dir"))
+        _write(self.host("home/bob/f.txt"), b"bob's")
+        self.assertRaises(PathOutsideRoot, self.alice.open_read, "/dir/f.txt")
+        self.assertRaises(PathOutsideRoot, self.alice.stat, "/dir/f.txt")
+        self.assertRaises(PathOutsideRoot, self.alice.list, "/dir")
+
+    def test_home_replaced_while_viewed(self) -> None:
+        """
+        A view keeps naming its home by path: when the administrator moves
+        the home away and makes a new one, the view sees the new one.
+        """
+        self.assertEqual(self.download(self.alice, "/notes.txt"), b"alice's notes")
+        os.rename(self.host("home/alice"), self.host("home/alice.old"))
+        _write(self.host("home/alice/notes.txt"), b"fresh")
+        self.assertEqual(self.download(self.alice, "/notes.txt"), b"fresh")
+        self.assertEqual(self.alice.stat("/notes.txt").size, 5)
+
     def test_without_dropbox(self) -> None:
         """
         With the drop box disabled, anonymous cannot write anywhere and an

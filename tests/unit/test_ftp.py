@@ -6,7 +6,9 @@ and connectors, files in a FileStore on a temp dir.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import time
 
 from hypothesis import given, settings
@@ -25,6 +27,7 @@ from zope.interface.verify import verifyObject
 from appnet import accounts
 from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm
 from appnet.filesystem import FileInfo, FileStore
+from appnet.ftp import server as ftp_server
 from appnet.ftp.server import FTPServerFactory, list_line, mlsx_facts
 from appnet.ftp.shell import FTPShell, shell_factory
 from appnet.stats import ServiceStats
@@ -865,3 +868,166 @@ class ASCIIUploadTests(FTPTestMixin, SynchronousTestCase):
         self.finish(channel, transport)
         with open(self.home("t.txt"), "rb") as f:
             self.assertEqual(f.read(), b"one\ntwo\n")
+
+
+class _Session:
+    """What a L{ftp_server._DataFactory} needs of its control session."""
+
+    def __init__(self) -> None:
+        self.lost: list[object] = []
+
+    def data_channel_lost(self, data: object, channel: object) -> None:
+        self.lost.append(channel)
+
+
+class PassivePortTests(SynchronousTestCase):
+    """
+    appnet's own passive data port (used on real reactors in place of
+    C{listenTCP}), on a real loopback socket watched by a memory reactor.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.data = ftp_server._DataFactory(_Session(), "127.0.0.1")
+        self.failures: list[Failure] = []
+        self.port = ftp_server._PassivePort(self.reactor, self.data, "127.0.0.1", 0,
+                                            self.failures.append)
+        self.data.listening_port = self.port
+        self.addCleanup(self.port.stopListening)
+        self.clients: list[socket.socket] = []
+
+    def connect(self, source: str = "127.0.0.1") -> socket.socket:
+        client = socket.socket()
+        self.clients.append(client)
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        client.bind((source, 0))
+        client.connect(("127.0.0.1", self.port.getHost().port))
+        return client
+
+    def test_waiting_connection_taken_at_once(self) -> None:
+        """
+        Before the transfer command the reactor does not watch the port; a
+        connection already made then is accepted on the spot (no reactor
+        turn), with TCP_NODELAY, and the port closes without the reactor
+        ever watching it.
+        """
+        self.assertNotIn(self.port, self.reactor.readers)
+        self.connect()
+        self.data.accept()
+        channel = self.successResultOf(self.data.wait())
+        self.assertEqual(channel.transport.getPeer().host, "127.0.0.1")
+        self.assertTrue(channel.transport.getTcpNoDelay())
+        self.assertIsNone(self.port.socket)
+        self.assertNotIn(self.port, self.reactor.readers)
+        self.assertIsNone(self.data.listening_port)
+
+    def test_late_client(self) -> None:
+        """
+        With no connection waiting at the transfer command, the reactor
+        watches the port until the client comes, then stops.
+        """
+        self.data.accept()
+        self.assertIsNone(self.data.channel)
+        self.assertIn(self.port, self.reactor.readers)
+        d = self.data.wait()
+        self.assertNoResult(d)
+        self.connect()
+        self.port.doRead()
+        self.assertIsNotNone(self.successResultOf(d))
+        self.assertNotIn(self.port, self.reactor.readers)
+
+    def test_other_address_refused(self) -> None:
+        """
+        A connection from another address than the client's is closed
+        unread, and the client's own is still taken afterwards.
+        """
+        thief = self.connect("127.0.0.2")
+        self.data.accept()
+        self.assertIsNone(self.data.channel)
+        self.reactor.advance(0)
+        try:
+            stolen = thief.recv(10)
+        except ConnectionResetError:
+            stolen = b""
+        self.assertEqual(stolen, b"")
+        self.connect()
+        self.port.doRead()
+        self.assertIsNotNone(self.data.channel)
+
+    def test_accept_failure_fails_the_transfer(self) -> None:
+        """
+        Out of descriptors, the port stops listening (a waiting connection
+        would keep waking the reactor) and the transfer is told.
+        """
+
+        class Exhausted:
+            def accept(self) -> None:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            def close(self) -> None:
+                pass
+
+        real, self.port.socket = self.port.socket, Exhausted()
+        self.addCleanup(real.close)
+        self.port.doRead()
+        self.assertEqual([f.value.errno for f in self.failures], [errno.EMFILE])
+        self.assertIsNone(self.port.socket)
+        self.assertNotIn(self.port, self.reactor.readers)
+
+    def test_port_taken(self) -> None:
+        """A port in use raises C{CannotListenError} (PASV tries the next)."""
+        self.assertRaises(error.CannotListenError, ftp_server._PassivePort, self.reactor,
+                          self.data, "127.0.0.1", self.port.getHost().port,
+                          self.failures.append)
+
+
+class SendNowTests(SynchronousTestCase):
+    """A small file's data leaves at once and the stream ends with it."""
+
+    def setUp(self) -> None:
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+
+        class Transport:
+            socket = ours
+
+        self.transport = Transport()
+
+    def drain(self) -> tuple[bytes, bool]:
+        """Everything the peer can read now, and whether it saw the end."""
+        received = b""
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return received, False
+            if not chunk:
+                return received, True
+            received += chunk
+
+    def test_all_sent_then_end(self) -> None:
+        """What fits the socket goes at once, followed by the end (FIN)."""
+        self.assertEqual(ftp_server._send_now(self.transport, b"hello"), 5)
+        self.assertEqual(self.drain(), (b"hello", True))
+
+    def test_partly_sent_keeps_stream_open(self) -> None:
+        """
+        When the socket takes only part, the count says how much, and the
+        stream stays open for Twisted's buffer to send the rest.
+        """
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = os.urandom(4 << 20)
+        sent = ftp_server._send_now(self.transport, data)
+        self.assertLess(sent, len(data))
+        received, ended = self.drain()
+        self.assertEqual(received, data[:sent])
+        self.assertFalse(ended)
+
+    def test_peer_gone(self) -> None:
+        """A socket whose peer is gone takes nothing and raises nothing."""
+        self.peer.close()
+        self.assertEqual(ftp_server._send_now(self.transport, b"x" * 100), 0)

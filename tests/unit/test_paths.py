@@ -9,6 +9,7 @@ a kind), and nothing else.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import unicodedata
@@ -24,8 +25,10 @@ from appnet.filesystem.paths import (
     is_valid_name,
     is_within,
     normalize_virtual,
+    open_beneath,
     resolve_path,
     split_virtual,
+    stat_beneath,
 )
 
 # Known traversal and smuggling strings, all of which must be refused.
@@ -268,6 +271,147 @@ class SymlinkTests(SynchronousTestCase):
                          os.path.join(self.root, "sub", "file", "x"))
 
 
+def _careful(root: str, text: str) -> str:
+    """
+    The model of the jail check: C{realpath} of the result against
+    C{realpath} of the root, for every path (what the resolver does when
+    its walk meets a symlink).
+    """
+    parts = split_virtual(text)
+    real_root = os.path.realpath(root)
+    candidate = posixpath.join(real_root, *parts) if parts else real_root
+    if len(os.fsencode(candidate)) > MAX_PATH_BYTES:
+        raise PermissionDenied("path too long")
+    try:
+        real = os.path.realpath(candidate, strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PathOutsideRoot("loop") from None
+        real = os.path.realpath(candidate)
+    if parts and not is_within(real_root, real):
+        raise PathOutsideRoot("outside")
+    return candidate
+
+
+class WalkTests(SynchronousTestCase):
+    """
+    The walk below the root (L{open_beneath}, L{stat_beneath} and the fast
+    path of L{resolve_path}) follows no symlink, and nothing is cached that
+    a change on disk could make stale.
+    """
+
+    def setUp(self) -> None:
+        self.root, self.outside = _tree(self)
+
+    def _read(self, parts: tuple[str, ...]) -> bytes | None:
+        fd = open_beneath(self.root, parts, os.O_RDONLY)
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def test_open_beneath_plain_paths(self) -> None:
+        """
+        A path without links opens; a missing file or directory on the way
+        raises C{FileNotFoundError}; a directory opens as one.
+        """
+        self.assertEqual(self._read(("sub", "file")), b"inside")
+        self.assertRaises(FileNotFoundError, open_beneath, self.root, ("sub", "nope"),
+                          os.O_RDONLY)
+        self.assertRaises(FileNotFoundError, open_beneath, self.root,
+                          ("nodir", "file"), os.O_RDONLY)
+        fd = open_beneath(self.root, ("sub", "deep"), os.O_RDONLY | os.O_DIRECTORY)
+        self.assertIsNotNone(fd)
+        os.close(fd)
+        self.assertIsNone(open_beneath(self.root, ("inner",), os.O_RDONLY | os.O_DIRECTORY))
+        self.assertRaises(NotADirectoryError, open_beneath, self.root, ("sub", "file"),
+                          os.O_RDONLY | os.O_DIRECTORY)
+
+    def test_open_beneath_never_follows_links(self) -> None:
+        """
+        Every symlink, inside or out, dangling or looping, as the last
+        component or a directory on the way, gives C{None} (the careful way
+        decides) and opens nothing outside.
+        """
+        for parts in [("etc", "passwd"), ("outfile",), ("outlink", "secret"),
+                      ("up", "outside", "secret"), ("inner", "file"),
+                      ("sub", "escape", "outside", "secret"), ("self",),
+                      ("loop1", "x"), ("dangling_out",), ("sub", "back", "file")]:
+            with self.subTest(parts=parts):
+                self.assertIsNone(self._read(parts))
+
+    def test_open_beneath_create_refuses_dangling_link(self) -> None:
+        """
+        Creating through a dangling link that points outside creates
+        nothing outside.
+        """
+        fd = open_beneath(self.root, ("dangling_out",), os.O_WRONLY | os.O_CREAT)
+        self.assertIsNone(fd)
+        self.assertFalse(os.path.lexists(os.path.join(self.outside, "new")))
+
+    def test_stat_beneath(self) -> None:
+        """
+        C{stat_beneath} stats plain paths (the root too), raises for
+        missing ones and gives C{None} for any symlink.
+        """
+        self.assertEqual(stat_beneath(self.root, ("sub", "file")).st_size, 6)
+        self.assertEqual(stat_beneath(self.root, ()).st_ino, os.stat(self.root).st_ino)
+        self.assertRaises(FileNotFoundError, stat_beneath, self.root, ("sub", "x"))
+        for parts in [("outfile",), ("inner",), ("inner", "file"), ("self",)]:
+            with self.subTest(parts=parts):
+                self.assertIsNone(stat_beneath(self.root, parts))
+
+    def test_link_made_after_a_resolution_cannot_escape(self) -> None:
+        """
+        A directory resolved (and opened) once, then swapped for a symlink
+        to the outside, is refused at the next resolution: nothing about
+        the first walk is remembered.
+        """
+        os.makedirs(os.path.join(self.root, "swap"))
+        with open(os.path.join(self.root, "swap", "secret"), "w") as f:
+            f.write("mine")
+        self.assertEqual(resolve_path(self.root, "swap/secret"),
+                         os.path.join(self.root, "swap", "secret"))
+        self.assertEqual(self._read(("swap", "secret")), b"mine")
+        os.rename(os.path.join(self.root, "swap"), os.path.join(self.root, "old"))
+        os.symlink(self.outside, os.path.join(self.root, "swap"))
+        self.assertRaises(PathOutsideRoot, resolve_path, self.root, "swap/secret")
+        self.assertIsNone(self._read(("swap", "secret")))
+        self.assertIsNone(stat_beneath(self.root, ("swap", "secret")))
+
+    def test_root_replaced(self) -> None:
+        """
+        A root named through a link that is then pointed elsewhere is
+        jailed at its new real path at once; a root that is removed and
+        made again is the new directory.
+        """
+        base = os.path.realpath(self.mktemp())
+        first, second = os.path.join(base, "first"), os.path.join(base, "second")
+        os.makedirs(first)
+        os.makedirs(second)
+        alias = os.path.join(base, "alias")
+        os.symlink(first, alias)
+        self.assertEqual(resolve_path(alias, "x"), os.path.join(first, "x"))
+        os.remove(alias)
+        os.symlink(second, alias)
+        self.assertEqual(resolve_path(alias, "x"), os.path.join(second, "x"))
+        with open(os.path.join(first, "f"), "w") as f:
+            f.write("first")
+        os.rename(first, os.path.join(base, "gone"))
+        os.makedirs(first)
+        self.assertRaises(FileNotFoundError, open_beneath, first, ("f",), os.O_RDONLY)
+        self.assertEqual(resolve_path(first, "f"), os.path.join(first, "f"))
+
+    def test_removed_root(self) -> None:
+        """
+        A root that no longer exists resolves (lexically, as before) to
+        paths that name nothing, and opens nothing.
+        """
+        gone = os.path.join(os.path.realpath(self.mktemp()), "gone")
+        self.assertEqual(resolve_path(gone, "a/b"), os.path.join(gone, "a", "b"))
+        self.assertIsNone(open_beneath(gone, ("a",), os.O_RDONLY))
+
+
 class HelperTests(SynchronousTestCase):
     """normalize_virtual, is_valid_name and is_within."""
 
@@ -360,6 +504,23 @@ class PropertyTests(SynchronousTestCase):
         the test tree never resolve outside the root, lexically or really.
         """
         self._check(text)
+
+    @settings(max_examples=400, deadline=None)
+    @given(_nasty_path)
+    def test_walk_agrees_with_the_careful_check(self, text: str) -> None:
+        """
+        Whether or not its walk meets a symlink, L{resolve_path} gives the
+        same result as the careful C{realpath} model, or the same refusal.
+        """
+        try:
+            expected: object = _careful(self.root, text)
+        except PermissionDenied as e:
+            expected = type(e)
+        try:
+            got: object = resolve_path(self.root, text)
+        except PermissionDenied as e:
+            got = type(e)
+        self.assertEqual(got, expected, text)
 
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.sampled_from(["a", "b", ".", "..", ""]), max_size=15))
