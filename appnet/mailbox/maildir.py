@@ -144,6 +144,17 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _sync_and_close(fd: int, path: str) -> None:
+    """fsync and close a message written to tmp/; on failure remove it."""
+    try:
+        _fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
 def _arrival_order(key: str) -> tuple[int, int, str]:
     # Keys start "<secs>.M<usecs>P..." (ours, Dovecot's) or "<secs>.<...>"
     # (older tools): number new files in arrival order where we can tell.
@@ -496,8 +507,17 @@ class MaildirFolder:
                ) -> tuple[str, str, str, str, int, int, frozenset[str], float]:
         """
         Write one message to C{tmp/} and fsync it; L{_commit} puts it in
-        place. Several threads may stage into one folder at once (their
-        fsyncs share the journal's commits).
+        place.
+        """
+        fd, staged = self._write_tmp(message, flags, internal_date)
+        _sync_and_close(fd, staged[0])
+        return staged
+
+    def _write_tmp(self, message: bytes, flags: Iterable[str], internal_date: float | None
+                   ) -> tuple[int, tuple[str, str, str, str, int, int, frozenset[str], float]]:
+        """
+        Write one message to C{tmp/}, not yet fsynced: the caller fsyncs
+        and closes the returned descriptor (L{_sync_and_close}).
         """
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"message must be bytes, not {type(message)}")
@@ -513,7 +533,6 @@ class MaildirFolder:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            _fsync(fd)
             if internal_date is not None:
                 os.utime(fd, (internal_date, internal_date))
             mtime = os.fstat(fd).st_mtime
@@ -521,9 +540,8 @@ class MaildirFolder:
             os.close(fd)
             os.unlink(tmp_path)
             raise
-        os.close(fd)
         sub, name = ("cur", f"{key}:2,{letters}") if letters else ("new", key)
-        return tmp_path, key, sub, name, size, vsize, wanted, mtime
+        return fd, (tmp_path, key, sub, name, size, vsize, wanted, mtime)
 
     def _commit(self, staged: list[tuple[int, str, str, str, str, int, int, frozenset[str], float]],
                 results: list[MessageInfo | Exception | None],
@@ -711,14 +729,19 @@ class MaildirStore:
         self._run_blocking = run_blocking
         self.hostname = escape_hostname(hostname or socket.gethostname())
         self._user_exists = user_exists
-        # Group commit: (user, folder, assign_uid) -> messages staged in tmp/ waiting
-        # for the commit in progress there; the targets with one in progress.
-        self._staged: dict[tuple[str, str, bool], list[tuple[MaildirFolder, tuple[Any, ...], defer.Deferred[MessageInfo]]]] = {}
-        self._committing: set[tuple[str, str, bool]] = set()
+        # Group commit (see deliver): requests waiting for the next batch,
+        # and how many batches are being written.
+        self._pending: list[tuple[tuple[str, str, bytes, Iterable[str], bool], defer.Deferred[MessageInfo]]] = []
+        self._writing = 0
         self._states: dict[str, _FolderState] = {}
         self._states_guard = threading.Lock()
         # directory -> ((inode, mtime_ns), total stored size)
         self._usage_cache: dict[str, tuple[tuple[int, int], int]] = {}
+
+    #: Batches of deliveries written at once (see L{deliver}). Two keep
+    #: the disk busy while the other batch's sessions send their next
+    #: message (measured: 2 beat 1 in each of three interleaved pairs).
+    WRITERS = 2
 
     def __repr__(self) -> str:
         return f"<MaildirStore at {self.root}>"
@@ -760,12 +783,16 @@ class MaildirStore:
         Deliver a message; see L{IMailboxStore.deliver}. All the work,
         including the C{user_exists} check, runs through C{run_blocking}.
 
-        Group commit: each message is written and fsynced in C{tmp/} in a
-        thread of its own (concurrent fsyncs share the journal's commits);
-        while one batch of staged messages is being renamed into place,
-        messages staged meanwhile wait and then go together (one UID-list
-        write, one directory fsync). Each Deferred fires only once its own
-        file and the directory entry naming it are durable.
+        Group commit: deliveries are written in batches, at most L{WRITERS}
+        batches at a time (each in its own thread); deliveries that arrive
+        while those are busy wait and then go together as the next batch.
+        A batch writes every message to C{tmp/}, fsyncs each file (on a
+        journalling file system the first fsync commits the others' data
+        and inodes too, so the rest find nothing left to do), renames them
+        into place, and fsyncs each target directory once. So a batch costs
+        two journal commits however many messages it holds, and each
+        Deferred fires only once its own file and the directory entry
+        naming it are durable.
 
         With C{assign_uid=False} (SMTP, which has no use for the UID) the
         UID list is left to the next scan, as for mail any other delivery
@@ -776,52 +803,65 @@ class MaildirStore:
             is durable, or failing with L{NoSuchUser} (also for malformed
             names), L{NoSuchMailbox}, L{QuotaExceeded}
         """
-        target = (user, folder, assign_uid)
         result: defer.Deferred[MessageInfo] = defer.Deferred()
-
-        def staged(entry: tuple[MaildirFolder, tuple[Any, ...]]) -> None:
-            self._staged.setdefault(target, []).append((entry[0], entry[1], result))
-            if target not in self._committing:
-                self._commit_batch(target)
-
-        d = defer.maybeDeferred(self._run_blocking, self._stage, user, folder, message, flags)
-        d.addCallbacks(staged, result.errback)
+        self._pending.append(((user, folder, message, flags, assign_uid), result))
+        if self._writing < self.WRITERS:
+            self._write_pending()
         return result
 
-    def _stage(self, user: str, folder: str, message: bytes, flags: Iterable[str]
-               ) -> tuple[MaildirFolder, tuple[Any, ...]]:
-        validate_user_name(user)
-        if self._user_exists is not None and not self._user_exists(user):
-            raise NoSuchUser(user)
-        target = self.folder(user, folder)
-        return target, target._stage(message, flags, None)
-
-    def _commit_batch(self, target: tuple[str, str, bool]) -> None:
-        batch = self._staged.pop(target)
-        self._committing.add(target)
-        folder = batch[0][0]
-        staged = [(i, *entry) for i, (_, entry, _) in enumerate(batch)]
-
-        def commit() -> list[MessageInfo | Exception | None]:
-            results: list[MessageInfo | Exception | None] = [None] * len(staged)
-            folder._commit(staged, results, assign_uid=target[2])
-            return results
+    def _write_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._writing += 1
 
         def done(results: Any) -> None:
-            self._committing.discard(target)
-            if target in self._staged:
-                self._commit_batch(target)
+            self._writing -= 1
+            if self._pending:
+                self._write_pending()
             if isinstance(results, Failure):
-                for entry in staged:
-                    _unlink_quietly(entry[1])
                 results = [results] * len(batch)
-            for (_, _, d), outcome in zip(batch, results):
+            for (_, d), outcome in zip(batch, results):
                 if isinstance(outcome, (Exception, Failure)):
                     d.errback(outcome)
                 else:
                     d.callback(outcome)
 
-        defer.maybeDeferred(self._run_blocking, commit).addBoth(done)
+        requests = [request for request, _ in batch]
+        defer.maybeDeferred(self._run_blocking, self._write_batch, requests).addBoth(done)
+
+    def _write_batch(self, requests: list[tuple[str, str, bytes, Iterable[str], bool]]
+                     ) -> list[MessageInfo | Exception | None]:
+        """
+        Deliver a batch (see L{deliver}); each request's L{MessageInfo} or
+        exception goes at its index.
+        """
+        results: list[MessageInfo | Exception | None] = [None] * len(requests)
+        targets: dict[tuple[str, bool], tuple[MaildirFolder, list[tuple[Any, ...]]]] = {}
+        written: list[tuple[int, int, str, tuple[str, bool]]] = []
+        for i, (user, folder_name, message, flags, assign_uid) in enumerate(requests):
+            try:
+                validate_user_name(user)
+                if self._user_exists is not None and not self._user_exists(user):
+                    raise NoSuchUser(user)
+                target = self.folder(user, folder_name)
+                fd, staged = target._write_tmp(message, flags, None)
+            except Exception as e:
+                results[i] = e
+                continue
+            key = (target.path, assign_uid)
+            targets.setdefault(key, (target, []))[1].append((i, *staged))
+            written.append((i, fd, staged[0], key))
+        failed: set[int] = set()
+        for i, fd, tmp_path, _ in written:
+            try:
+                _sync_and_close(fd, tmp_path)
+            except Exception as e:
+                results[i] = e
+                failed.add(i)
+        for (_, assign_uid), (target, entries) in targets.items():
+            entries = [entry for entry in entries if entry[0] not in failed]
+            if entries:
+                target._commit(entries, results, assign_uid=assign_uid)
+        return results
 
     def folder(self, user: str, name: str = INBOX) -> MaildirFolder:
         """

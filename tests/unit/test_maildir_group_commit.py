@@ -1,9 +1,9 @@
 """
 Unit tests for L{MaildirStore.deliver}'s group commit and its
-C{assign_uid=False} path (what SMTP uses): each message is fsynced in
-C{tmp/} on its own, messages staged while a commit runs are committed
-together, and no Deferred fires before the directory fsync that covers its
-own message.
+C{assign_uid=False} path (what SMTP uses): deliveries that arrive while a
+batch is being written go together as the next batch (each file fsynced,
+then renamed, then one fsync of the directory), and no Deferred fires
+before the directory fsync that covers its own message.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class GroupCommitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
         self.runner = ManualRunner()
+        self.patch(MaildirStore, "WRITERS", 1)
         self.store = MaildirStore(self.root, run_blocking=self.runner, hostname="h")
         self.events: list[tuple[str, str]] = []
 
@@ -68,28 +69,49 @@ class GroupCommitTests(SynchronousTestCase):
 
     def test_batches_and_durability_order(self) -> None:
         """
-        Three deliveries: the first is committed alone; the two staged while
-        that commit ran are committed together (two renames, one fsync of
-        new/); each Deferred fires only after its file's fsync, its rename
-        and the fsync of new/ that follows.
+        Three deliveries: the first is written alone; the two that arrived
+        while it was being written go together (two fsyncs, two renames,
+        one fsync of new/); each Deferred fires only after its file's
+        fsync, its rename and the fsync of new/ that follows.
         """
         ds = [self.store.deliver("alice", b"m%d\n" % i) for i in range(3)]
         for i, d in enumerate(ds):
             self.fired(d, f"m{i}")
-        self.runner.run_next()  # stage m0: its commit is queued at once
-        self.runner.run_next()  # stage m1 (the commit of m0 still waits)
-        self.runner.run_next()  # stage m2
-        self.assertEqual([e[0] for e in self.events], ["fsync"] * 3)
-        self.runner.run_next()  # commit m0 -> fires m0, queues the m1+m2 commit
-        self.runner.run_next()  # commit m1 and m2
+        self.assertEqual(len(self.runner.jobs), 1)  # m1 and m2 wait for m0's batch
+        self.runner.run_next()  # batch m0 -> fires m0, queues the m1+m2 batch
+        self.assertEqual(len(self.runner.jobs), 1)
+        self.runner.run_next()  # batch m1 + m2
         self.assertEqual(self.runner.jobs, [])
         infos = [self.successResultOf(d) for d in ds]
-        kinds = [e[0] for e in self.events[3:]]
+        kinds = [e[0] for e in self.events]
         self.assertEqual(
-            kinds, ["rename", "fsync-dir", "fired", "rename", "rename", "fsync-dir", "fired", "fired"]
+            kinds,
+            ["fsync", "rename", "fsync-dir", "fired",
+             "fsync", "fsync", "rename", "rename", "fsync-dir", "fired", "fired"],
         )
         self.assertEqual([i.uid for i in infos], [1, 2, 3])
         self.assertEqual(sorted(os.listdir(self.path("new"))), sorted(i.key for i in infos))
+        self.assertEqual(os.listdir(self.path("tmp")), [])
+
+    def test_failed_fsync_fails_that_message_alone(self) -> None:
+        """A message whose fsync fails is removed and fails; the rest of its batch is delivered."""
+        calls = []
+
+        def fsync(fd: int) -> None:
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+            os.fsync(fd)
+
+        self.patch(maildir, "_fsync", fsync)
+        first = self.store.deliver("alice", b"first\n")
+        ds = [self.store.deliver("alice", b"m%d\n" % i) for i in range(2)]
+        while self.runner.jobs:
+            self.runner.run_next()
+        self.successResultOf(first)
+        self.failureResultOf(ds[0], OSError)
+        self.assertEqual(self.successResultOf(ds[1]).size, 3)
+        self.assertEqual(len(os.listdir(self.path("new"))), 2)
         self.assertEqual(os.listdir(self.path("tmp")), [])
 
     def test_failure_in_one_stage_spares_the_others(self) -> None:
@@ -102,6 +124,21 @@ class GroupCommitTests(SynchronousTestCase):
         self.failureResultOf(big, QuotaExceeded)
         self.assertEqual(self.successResultOf(small).size, 6)
         self.assertEqual(len(os.listdir(self.path("new"))), 1)
+
+    def test_two_writers(self) -> None:
+        """
+        With two writers, two batches are written at once and the
+        deliveries that arrive meanwhile wait for the first to finish.
+        """
+        self.patch(MaildirStore, "WRITERS", 2)
+        ds = [self.store.deliver("alice", b"m%d\n" % i) for i in range(4)]
+        self.assertEqual(len(self.runner.jobs), 2)  # m0 and m1, each a batch
+        self.runner.run_next()  # m0 done -> m2 + m3 go as one batch
+        self.assertEqual(len(self.runner.jobs), 2)
+        while self.runner.jobs:
+            self.runner.run_next()
+        self.assertEqual(len({self.successResultOf(d).uid for d in ds}), 4)
+        self.assertEqual(len(os.listdir(self.path("new"))), 4)
 
     def test_failed_commit_leaves_nothing(self) -> None:
         """When the rename fails, every message of the batch fails and tmp/ and new/ stay empty."""
