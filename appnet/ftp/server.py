@@ -70,6 +70,7 @@ from appnet.filesystem import (
     normalize_virtual,
 )
 from appnet.lines import BoundedLines
+from appnet.sockets import plain_tcp
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript, redact_words
 
@@ -255,7 +256,7 @@ class DataChannel(protocol.Protocol):
             plain TCP whose socket took it at once. Otherwise it goes
             through Twisted's buffer, and L{closed} tells when it is done.
         """
-        sock = _socket_transport(self.transport)
+        sock = plain_tcp(self.transport)
         sent = _send_now(sock, data) if sock is not None else 0
         self.bytes_out += sent
         if sock is not None and sent == len(data):
@@ -570,13 +571,6 @@ def _nodelay(transport: Any) -> None:
         pass
 
 
-def _socket_transport(transport: Any) -> Any:
-    """The plain TCP transport C{transport} is, or None (TLS, memory)."""
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        return transport
-    return None
-
-
 def _send_now(transport: Any, data: bytes) -> int:
     """
     Send C{data} on plain TCP C{transport} at once, past Twisted's write
@@ -815,8 +809,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         self.mlst_facts = MLST_FACTS
         self.timeOut = f.idle_timeout
         self.callLater = f.reactor.callLater
-        self._control_socket = None if f.implicit_tls else _socket_transport(
-            getattr(self.transport, "transport", self.transport))
+        self._control_socket = None if f.implicit_tls else plain_tcp(self.transport)
         # Asked once: PASV/EPSV/PORT need them for every transfer.
         self._local_host = self.transport.getHost().host
         self._local_ip = _ip(self._local_host)
@@ -1614,7 +1607,7 @@ class _Download(_Transfer):
 
     def transfer(self, channel: DataChannel) -> defer.Deferred:
         session = self.session
-        sock = _socket_transport(channel.transport)
+        sock = plain_tcp(channel.transport)
         reactor = session.factory.reactor
         size = self._small_size()
         if session.binary and size is not None:

@@ -52,6 +52,7 @@ from appnet.smtp.delivery import (
     received_header,
     submission_headers,
 )
+from appnet.sockets import plain_tcp, push
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript
 
@@ -219,6 +220,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
 
     factory: SMTPServerFactory
     transcript: Transcript | None = None
+    _tcp: Any = None  # the plain TCP connection under the transport (appnet.sockets)
 
     def __init__(self) -> None:
         self._mode = LINE
@@ -245,6 +247,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
         f = self.factory
         self.callLater = f.reactor.callLater
         self._tls = f.implicit_tls
+        self._tcp = plain_tcp(self.transport)
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, NotImplementedError, OSError):
@@ -304,6 +307,9 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
         if self._out:
             out, self._out = self._out, []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            # The client waits for these replies: send them now, not at
+            # the reactor's next turn.
+            push(self._tcp)
 
     # -- input --------------------------------------------------------------
 

@@ -21,8 +21,9 @@ Each server is started here on a free port on 127.0.0.1:
 
 Every round runs C{smtp-source -d -s SESSIONS -m MESSAGES -l SIZE} (C{-d}:
 sessions are reused for the next message) against each server in turn,
-the order rotating; messages per second is MESSAGES over the client's wall
-time. After each run the messages on disk are counted (every server but the
+the order rotating, each after a C{sync} (so no server pays for flushing
+another's unsynced files); messages per second is MESSAGES over the
+client's wall time. After each run the messages on disk are counted (every server but the
 discarding sink must hold exactly MESSAGES) and removed. It prints the best
 and median rate per server and the ratios of appnet to each peer.
 """
@@ -174,7 +175,13 @@ SERVERS = (Appnet, Aiosmtpd, TwistedStock, SmtpSinkDump, SmtpSink)
 
 
 def run_source(server: Server, messages: int, sessions: int, size: int) -> float:
-    """One smtp-source run against C{server}; messages per second."""
+    """
+    One smtp-source run against C{server}; messages per second.
+
+    C{sync} first: the peers write without fsync, and on ext4 the next
+    fsync (appnet's) would otherwise pay for flushing their files too.
+    """
+    os.sync()
     argv = ["smtp-source", "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
             "-M", "bench.localhost", "-f", "bench@localhost", "-t", f"{USER}@localhost",
             f"{HOST}:{server.port}"]
