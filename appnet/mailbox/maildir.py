@@ -786,13 +786,12 @@ class MaildirStore:
         Group commit: deliveries are written in batches, at most L{WRITERS}
         batches at a time (each in its own thread); deliveries that arrive
         while those are busy wait and then go together as the next batch.
-        A batch writes every message to C{tmp/}, fsyncs each file (on a
-        journalling file system the first fsync commits the others' data
-        and inodes too, so the rest find nothing left to do), renames them
-        into place, and fsyncs each target directory once. So a batch costs
-        two journal commits however many messages it holds, and each
-        Deferred fires only once its own file and the directory entry
-        naming it are durable.
+        A batch writes every message to C{tmp/}, fsyncs each file (each
+        still writes its own data: with delayed allocation nothing of it
+        was on disk yet), renames them into place, and fsyncs each target
+        directory once: one directory fsync per batch instead of one per
+        message, and one hand-off to a thread. Each Deferred fires only
+        once its own file and the directory entry naming it are durable.
 
         With C{assign_uid=False} (SMTP, which has no use for the UID) the
         UID list is left to the next scan, as for mail any other delivery
