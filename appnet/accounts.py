@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -40,6 +41,8 @@ from zope.interface import Interface, implementer
 from appnet.errors import NoSuchUser, UserExists
 
 __all__ = [
+    "PLAINTEXT_AUTH_POLICIES",
+    "plaintext_auth_allowed",
     "AccountDatabase",
     "AccountChecker",
     "AppnetRealm",
@@ -58,6 +61,31 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+
+
+#: Where a protocol accepts a password sent in the clear (USER/PASS, AUTH
+#: PLAIN/LOGIN): the C{plaintext_auth} setting of POP3 and SMTP.
+PLAINTEXT_AUTH_POLICIES = ("tls-or-loopback", "tls", "always")
+
+
+def plaintext_auth_allowed(policy: str, tls: bool, peer_host: str | None) -> bool:
+    """
+    May a client send its password in the clear on this connection?
+
+    @param policy: one of L{PLAINTEXT_AUTH_POLICIES}: C{"always"};
+        C{"tls"} (only once the connection is encrypted); C{"tls-or-loopback"}
+        (encrypted, or from a loopback address, where nobody can listen in)
+    @param tls: whether the connection is encrypted
+    @param peer_host: the client's address, None when unknown
+    """
+    if policy == "always" or tls:
+        return True
+    if policy == "tls" or peer_host is None:
+        return False
+    try:
+        return ipaddress.ip_address(peer_host).is_loopback
+    except ValueError:
+        return False
 
 
 def valid_username(name: str) -> bool:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from typing import Any, Callable
 
 from twisted.cred import error as cred_error
@@ -38,6 +37,7 @@ from twisted.mail import pop3 as _tpop3
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
+from appnet.accounts import PLAINTEXT_AUTH_POLICIES, plaintext_auth_allowed
 from appnet.errors import MailboxLocked, NoSuchMessage
 from appnet.lines import BoundedLines
 from appnet.stats import ServiceStats
@@ -404,16 +404,8 @@ class POP3Server(BoundedLines, _tpop3.POP3):
         self.successResponse()
 
     def _plaintext_ok(self) -> bool:
-        policy = self.factory.plaintext_auth
-        if policy == "always" or self._tls:
-            return True
-        if policy == "tls":
-            return False
         host = getattr(self.transport.getPeer(), "host", None)
-        try:
-            return host is not None and ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return plaintext_auth_allowed(self.factory.plaintext_auth, self._tls, host)
 
     def _refuse_plaintext(self) -> bool:
         if self._plaintext_ok():
@@ -727,7 +719,7 @@ class POP3ServerFactory(protocol.ServerFactory):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        if plaintext_auth not in ("tls-or-loopback", "tls", "always"):
+        if plaintext_auth not in PLAINTEXT_AUTH_POLICIES:
             raise ValueError(f"plaintext_auth: {plaintext_auth!r}")
         self.portal = portal
         self.stats = stats or ServiceStats("pop3")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -42,6 +41,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from appnet.accounts import PLAINTEXT_AUTH_POLICIES, plaintext_auth_allowed
 from appnet.lines import BoundedLines
 from appnet.smtp.address import EnvelopeError, MailCommand, parse_mail, parse_rcpt
 from appnet.smtp.delivery import (
@@ -481,15 +481,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
     # -- AUTH (RFC 4954) ----------------------------------------------------
 
     def _plaintext_ok(self) -> bool:
-        policy = self.factory.plaintext_auth
-        if policy == "always" or self._tls:
-            return True
-        if policy == "tls":
-            return False
-        try:
-            return ipaddress.ip_address(self._peer).is_loopback
-        except ValueError:
-            return False
+        return plaintext_auth_allowed(self.factory.plaintext_auth, self._tls, self._peer or None)
 
     def do_AUTH(self, arg: str) -> None:
         mechanism, _, initial = arg.partition(" ")
@@ -878,7 +870,7 @@ class SMTPServerFactory(protocol.ServerFactory):
             reactor = _reactor
         if role not in (MX, SUBMISSION):
             raise ValueError(f"role: {role!r}")
-        if plaintext_auth not in ("tls-or-loopback", "tls", "always"):
+        if plaintext_auth not in PLAINTEXT_AUTH_POLICIES:
             raise ValueError(f"plaintext_auth: {plaintext_auth!r}")
         self.delivery = delivery
         self.role = role

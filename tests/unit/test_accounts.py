@@ -25,6 +25,7 @@ from appnet.accounts import (
     AppnetRealm,
     hash_password,
     make_portal,
+    plaintext_auth_allowed,
     valid_username,
     verify_password,
 )
@@ -247,3 +248,23 @@ class AuthCacheTests(SynchronousTestCase):
         self.successResultOf(self.login(b"pw"))
         self.successResultOf(self.login(b"pw"))
         self.assertEqual(self.hashed, ["alice", "alice"])
+
+
+class PlaintextAuthPolicyTests(SynchronousTestCase):
+    """L{plaintext_auth_allowed}: the C{plaintext_auth} rule POP3 and SMTP share."""
+
+    def test_table(self) -> None:
+        """Each policy against TLS, loopback, remote, IPv6 loopback and unknown peers."""
+        cases = [
+            ("always", False, "192.0.2.1", True),
+            ("tls", False, "127.0.0.1", False),
+            ("tls", True, "192.0.2.1", True),
+            ("tls-or-loopback", False, "127.0.0.1", True),
+            ("tls-or-loopback", False, "::1", True),
+            ("tls-or-loopback", False, "192.0.2.1", False),
+            ("tls-or-loopback", True, "192.0.2.1", True),
+            ("tls-or-loopback", False, None, False),
+            ("tls-or-loopback", False, "/run/appnet.sock", False),
+        ]
+        for policy, tls, peer, expected in cases:
+            self.assertEqual(plaintext_auth_allowed(policy, tls, peer), expected, (policy, tls, peer))
