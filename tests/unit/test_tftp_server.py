@@ -10,6 +10,7 @@ well-known port's protocol and on each transfer's protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from typing import Any
@@ -23,7 +24,7 @@ from appnet.filesystem import FileStore
 from appnet.stats import ServiceStats
 from appnet.tftp import wire
 from appnet.tftp.machine import UNKNOWN_TID_DATAGRAM, TransferPolicy
-from appnet.tftp.server import TFTPServerFactory, error_for_store_error
+from appnet.tftp.server import SERVER_WINDOW_BYTES, TFTPServerFactory, error_for_store_error
 from appnet.tftp.wire import (
     Ack,
     Data,
@@ -216,6 +217,20 @@ class ReadTests(ServerTestsMixin, SynchronousTestCase):
         self.assertIn("RRQ /boot/pxelinux.0 octet blksize=1000 windowsize=2 tsize=3000", self.lines[0])
         self.assertIn("3000 bytes", self.lines[0])
         self.assertTrue(self.lines[0].endswith(": ok"), self.lines[0])
+
+    def test_window_bounded_to_64_kib(self) -> None:
+        """
+        A window (blksize x windowsize) is bounded to 64 KiB: 16 blocks of
+        1468 are granted, but at blksize 65464 the answer is windowsize 1
+        (two such datagrams overflow a client's default receive buffer).
+        """
+        self.factory.policy = dataclasses.replace(self.policy, max_window_bytes=SERVER_WINDOW_BYTES)
+        for blksize, granted in (("1468", "16"), ("65464", "1")):
+            request = ReadRequest("boot/pxelinux.0", "octet", {"blksize": blksize, "windowsize": "16"})
+            port = self.request(request)
+            assert port is not None
+            [oack] = port.take()
+            self.assertEqual(oack, OptionAck({"blksize": blksize, "windowsize": granted}))
 
     def test_missing_file(self) -> None:
         """A missing file gets ERROR 1 from the well-known port, no transfer port."""
