@@ -109,27 +109,26 @@ class FTPReply(Exception):
         self.text = text
 
 
+#: Store error -> (reply code, text); the first matching class wins.
+_STORE_REPLIES: tuple[tuple[type[StoreError], int, str], ...] = (
+    (QuotaExceeded, 552, "quota exceeded"),
+    (InvalidOffset, 554, "restart offset beyond end of file"),
+    (PathOutsideRoot, 550, "path not allowed"),
+    (PermissionDenied, 550, "permission denied"),
+    (NotFound, 550, "no such file or directory"),
+    (IsADirectory, 550, "is a directory"),
+    (NotADirectory, 550, "not a directory"),
+    (AlreadyExists, 550, "already exists"),
+    (DirectoryNotEmpty, 550, "directory not empty"),
+)
+
+
 def _store_reply(e: StoreError, path: str = "") -> FTPReply:
     """The reply for a store error (550 family, 552 quota, 554 offset)."""
     where = f"{path}: " if path else ""
-    if isinstance(e, QuotaExceeded):
-        return FTPReply(552, f"{where}quota exceeded")
-    if isinstance(e, InvalidOffset):
-        return FTPReply(554, f"{where}restart offset beyond end of file")
-    if isinstance(e, PathOutsideRoot):
-        return FTPReply(550, f"{where}path not allowed")
-    if isinstance(e, PermissionDenied):
-        return FTPReply(550, f"{where}permission denied")
-    if isinstance(e, NotFound):
-        return FTPReply(550, f"{where}no such file or directory")
-    if isinstance(e, IsADirectory):
-        return FTPReply(550, f"{where}is a directory")
-    if isinstance(e, NotADirectory):
-        return FTPReply(550, f"{where}not a directory")
-    if isinstance(e, AlreadyExists):
-        return FTPReply(550, f"{where}already exists")
-    if isinstance(e, DirectoryNotEmpty):
-        return FTPReply(550, f"{where}directory not empty")
+    for kind, code, text in _STORE_REPLIES:
+        if isinstance(e, kind):
+            return FTPReply(code, where + text)
     return FTPReply(451, f"{where}local error in processing")
 
 
