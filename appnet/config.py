@@ -336,6 +336,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "incoming_limit": Key(None, _size, _SIZE_ALLOWED, "byte limit of public/incoming/"),
     },
+    "mail": {
+        "journal": Key(
+            True,
+            _bool,
+            "true or false",
+            "deliver through a write-ahead journal: one fdatasync per batch of messages "
+            "instead of two fsyncs per message (see docs/smtp.md, Durability)",
+        ),
+        "journal_checkpoint": Key(
+            1.0,
+            lambda v: float(_int_range(0, 60)(v)) if isinstance(v, int) else _delay(v),
+            "seconds, 0 to 60",
+            "how long a journalled message may wait before its maildir file is synced and "
+            "its journal record dropped",
+        ),
+    },
     "tls": {
         "cert": Key(
             None, _optional(_str), "a PEM file path", "certificate chain (PEM); none: self-signed"

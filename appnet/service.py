@@ -23,7 +23,7 @@ from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm, make_p
 from appnet.config import SERVICES, Config
 from appnet.stats import GuardedFactory, StatsRegistry
 
-__all__ = ["AppnetContext", "ListenerService", "DatagramListenerService", "make_service", "listen", "listening_ports"]
+__all__ = ["AppnetContext", "ListenerService", "MailJournalService", "DatagramListenerService", "make_service", "listen", "listening_ports"]
 
 _log = Logger()
 
@@ -87,6 +87,86 @@ class AppnetContext:
 
             self._tls_options = server_tls_options(self.config)
         return self._tls_options
+
+
+class MailJournalService(service.Service):
+    """
+    Runs the mailbox store's delivery journal while the services that
+    deliver mail run: opens it (replaying what a crash left) at start-up,
+    checkpoints it every C{[mail] journal_checkpoint} seconds in a thread,
+    and checkpoints and closes it at shutdown. See
+    L{appnet.mailbox.journal}.
+
+    Add it with L{MailJournalService.install}: one per process.
+    """
+
+    name = "mail-journal"
+
+    def __init__(self, context: AppnetContext) -> None:
+        self.context = context
+        self._loop: Any = None
+        self._running_checkpoint: defer.Deferred | None = None
+
+    @classmethod
+    def install(cls, context: AppnetContext, parent: service.MultiService) -> None:
+        """Add the journal service to C{parent} unless disabled or there."""
+        if not context.config["mail"]["journal"]:
+            return
+        try:
+            parent.getServiceNamed(cls.name)
+        except KeyError:
+            cls(context).setServiceParent(parent)
+
+    def startService(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        from appnet.mailbox.journal import JournalBusy
+
+        super().startService()
+        store = self.context.mailbox_store
+        max_age = self.context.config["mail"]["journal_checkpoint"]
+        try:
+            rewritten = store.open_journal(max_age)
+        except JournalBusy:
+            _log.warn("Another process holds the mail journal in {path}; delivering "
+                      "with an fsync per message", path=store.root)
+            return
+        if rewritten:
+            _log.warn("Mail journal: restored {count} message(s) after a crash", count=rewritten)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.context.reactor
+        self._loop.start(max(max_age / 2, 0.05), now=False)
+
+    def _tick(self) -> None:
+        store = self.context.mailbox_store
+        if self._running_checkpoint is not None or store.journal is None or not store.journal.due():
+            return
+        from twisted.internet.threads import deferToThreadPool
+
+        reactor = self.context.reactor
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), store.checkpoint)
+        self._running_checkpoint = d
+
+        def done(result: Any) -> None:
+            self._running_checkpoint = None
+            if isinstance(result, Failure):
+                _log.failure("Mail journal checkpoint failed; retrying", result)
+
+        d.addBoth(done)
+
+    def stopService(self) -> defer.Deferred | None:
+        super().stopService()
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return None
+        loop.stop()
+        from twisted.internet.threads import deferToThreadPool
+
+        reactor = self.context.reactor
+        pending = self._running_checkpoint or defer.succeed(None)
+        store = self.context.mailbox_store
+        return pending.addBoth(lambda _: deferToThreadPool(reactor, reactor.getThreadPool(),
+                                                            store.close_journal))
 
 
 class _Listener(service.Service):

@@ -94,6 +94,7 @@ from appnet.mailbox.filenames import (
     sizes_from_key,
     split_name,
 )
+from appnet.mailbox.journal import DELIVERED, DeliveryJournal, Record
 from appnet.mailbox.interfaces import (
     IFolder,
     IMaildropLock,
@@ -509,15 +510,16 @@ class MaildirFolder:
         Write one message to C{tmp/} and fsync it; L{_commit} puts it in
         place.
         """
-        fd, staged = self._write_tmp(message, flags, internal_date)
+        fd, staged, _ = self._write_tmp(message, flags, internal_date)
         _sync_and_close(fd, staged[0])
         return staged
 
     def _write_tmp(self, message: bytes, flags: Iterable[str], internal_date: float | None
-                   ) -> tuple[int, tuple[str, str, str, str, int, int, frozenset[str], float]]:
+                   ) -> tuple[int, tuple[str, str, str, str, int, int, frozenset[str], float], bytes]:
         """
         Write one message to C{tmp/}, not yet fsynced: the caller fsyncs
-        and closes the returned descriptor (L{_sync_and_close}).
+        and closes the returned descriptor (L{_sync_and_close}). Also
+        returns the bytes as stored.
         """
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"message must be bytes, not {type(message)}")
@@ -541,11 +543,11 @@ class MaildirFolder:
             os.unlink(tmp_path)
             raise
         sub, name = ("cur", f"{key}:2,{letters}") if letters else ("new", key)
-        return fd, (tmp_path, key, sub, name, size, vsize, wanted, mtime)
+        return fd, (tmp_path, key, sub, name, size, vsize, wanted, mtime), data
 
     def _commit(self, staged: list[tuple[int, str, str, str, str, int, int, frozenset[str], float]],
                 results: list[MessageInfo | Exception | None],
-                assign_uid: bool = True) -> None:
+                assign_uid: bool = True, durable: bool = True) -> None:
         """
         Rename staged files into place, assign their UIDs, make it durable:
         one hold of the folder lock, one UID-list write and one fsync per
@@ -556,6 +558,8 @@ class MaildirFolder:
         @param assign_uid: when false, the UID list is not touched: the
             next scan numbers the files, as it does for mail any other
             delivery agent puts in C{new/}; the results' C{uid} is 0
+        @param durable: when false, the directories are not fsynced (the
+            store's journal holds the messages until its checkpoint)
         """
         moved: list[str] = []
         uids: list[int] = []
@@ -573,8 +577,9 @@ class MaildirFolder:
                         self._state.locations[uid] = (sub, name)
                         # Under the lock: a scan may be pruning this dict.
                         self._state.facts[key] = (mtime, size, vsize)
-            for sub in sorted({entry[3] for entry in staged}):
-                _fsync_directory(os.path.join(self.path, sub))
+            if durable:
+                for sub in sorted({entry[3] for entry in staged}):
+                    _fsync_directory(os.path.join(self.path, sub))
         except Exception as e:
             # Do not leave a message the caller was told failed: it would
             # be delivered twice when the sender retries.
@@ -621,6 +626,9 @@ class MaildirFolder:
         wanted = list(dict.fromkeys(uids))
         removed: list[tuple[int, str]] = []
         with folder_lock(self.path):
+            journal = self._store.journal
+            if journal is not None:
+                self._tombstone(journal, wanted)
             missing = [uid for uid in wanted if not self._unlink(uid, removed)]
             if missing:
                 self._scan_locked()
@@ -633,6 +641,14 @@ class MaildirFolder:
                         del uidlist.uids[key]
                 self._save_locked(uidlist)
         return sorted(uid for uid, _ in removed)
+
+    def _tombstone(self, journal: DeliveryJournal, uids: list[int]) -> None:
+        # Before any file goes: a replay must not bring these back.
+        if any(uid not in self._state.locations for uid in uids):
+            self._scan_locked()
+        locations = self._state.locations
+        journal.expunging(self._store._record_path(self.path, *locations[uid])
+                          for uid in uids if uid in locations)
 
     def _unlink(self, uid: int, removed: list[tuple[int, str]]) -> bool:
         location = self._state.locations.get(uid)
@@ -733,6 +749,7 @@ class MaildirStore:
         # and how many batches are being written.
         self._pending: list[tuple[tuple[str, str, bytes, Iterable[str], bool], defer.Deferred[MessageInfo]]] = []
         self._writing = 0
+        self._journal: DeliveryJournal | None = None
         self._states: dict[str, _FolderState] = {}
         self._states_guard = threading.Lock()
         # directory -> ((inode, mtime_ns), total stored size)
@@ -835,32 +852,97 @@ class MaildirStore:
         """
         results: list[MessageInfo | Exception | None] = [None] * len(requests)
         targets: dict[tuple[str, bool], tuple[MaildirFolder, list[tuple[Any, ...]]]] = {}
-        written: list[tuple[int, int, str, tuple[str, bool]]] = []
+        written: list[tuple[int, int, str, Record]] = []
+        journal = self._journal
         for i, (user, folder_name, message, flags, assign_uid) in enumerate(requests):
             try:
                 validate_user_name(user)
                 if self._user_exists is not None and not self._user_exists(user):
                     raise NoSuchUser(user)
                 target = self.folder(user, folder_name)
-                fd, staged = target._write_tmp(message, flags, None)
+                fd, staged, data = target._write_tmp(message, flags, None)
             except Exception as e:
                 results[i] = e
                 continue
             key = (target.path, assign_uid)
             targets.setdefault(key, (target, []))[1].append((i, *staged))
-            written.append((i, fd, staged[0], key))
+            record = Record(DELIVERED, self._record_path(target.path, staged[2], staged[3]),
+                            staged[7], data) if journal is not None else None
+            written.append((i, fd, staged[0], record))
         failed: set[int] = set()
-        for i, fd, tmp_path, _ in written:
+        if journal is None:
+            for i, fd, tmp_path, _ in written:
+                try:
+                    _sync_and_close(fd, tmp_path)
+                except Exception as e:
+                    results[i] = e
+                    failed.add(i)
+            segment = None
+        else:
+            for _, fd, _, _ in written:
+                os.close(fd)
             try:
-                _sync_and_close(fd, tmp_path)
+                segment = journal.append(record for *_, record in written)
             except Exception as e:
-                results[i] = e
-                failed.add(i)
-        for (_, assign_uid), (target, entries) in targets.items():
-            entries = [entry for entry in entries if entry[0] not in failed]
-            if entries:
-                target._commit(entries, results, assign_uid=assign_uid)
+                for i, _, tmp_path, _ in written:
+                    _unlink_quietly(tmp_path)
+                    results[i] = e
+                return results
+        try:
+            for (_, assign_uid), (target, entries) in targets.items():
+                entries = [entry for entry in entries if entry[0] not in failed]
+                if entries:
+                    target._commit(entries, results, assign_uid=assign_uid,
+                                   durable=journal is None)
+        finally:
+            if segment is not None:
+                journal.applied(segment)
         return results
+
+    def _record_path(self, folder_path: str, sub: str, name: str) -> str:
+        """A message file's path below the root, as the journal names it."""
+        return "/".join([folder_path[len(self.root) + 1:], sub, name])
+
+    # -- the journal -------------------------------------------------------
+
+    @property
+    def journal(self) -> DeliveryJournal | None:
+        """The open L{DeliveryJournal}, or C{None} (per-message fsyncs)."""
+        return self._journal
+
+    def open_journal(self, max_age: float = 1.0) -> int:
+        """
+        Deliver through a L{DeliveryJournal} from now on (one
+        C{fdatasync} per batch instead of two fsyncs per message), after
+        replaying what a crash left in it; blocks. Call L{checkpoint}
+        every C{max_age} seconds or so and L{close_journal} at the end.
+
+        @return: how many message files the replay rewrote
+        @raise JournalBusy: another process delivers into this root with
+            its journal (this store keeps per-message fsyncs)
+        """
+        journal = DeliveryJournal(self.root, max_age)
+        rewritten = journal.open()
+        self._journal = journal
+        return rewritten
+
+    def checkpoint(self, force: bool = False) -> int:
+        """
+        Make journalled deliveries durable in their maildirs when due (see
+        L{DeliveryJournal.checkpoint}); blocks. No-op without a journal.
+
+        @return: how many journal segments were retired
+        """
+        journal = self._journal
+        if journal is None or not (force or journal.due()):
+            return 0
+        return journal.checkpoint(force)
+
+    def close_journal(self) -> None:
+        """Checkpoint everything and stop using the journal; blocks."""
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     def folder(self, user: str, name: str = INBOX) -> MaildirFolder:
         """

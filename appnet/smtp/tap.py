@@ -13,7 +13,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from appnet.options import AppnetOptions
-from appnet.service import AppnetContext, listen, make_service
+from appnet.service import AppnetContext, MailJournalService, listen, make_service
 from appnet.smtp.delivery import Delivery, IOutboundQueue
 from appnet.smtp.server import (
     MX,
@@ -80,6 +80,7 @@ def _outbound_queue(context: AppnetContext, parent: service.MultiService, delive
 def build_service(context: AppnetContext, parent: service.MultiService) -> None:
     """Add the MX, submission and smtps listeners for C{context} to C{parent}."""
     cfg = context.config["smtp"]
+    MailJournalService.install(context, parent)
     context.realm.register(ISMTPSubmitter, lambda name: (Submitter(name), lambda: None))
     delivery = Delivery(
         context.mailbox_store,
