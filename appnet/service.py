@@ -126,13 +126,11 @@ class MailJournalService(service.Service):
         store = self.context.mailbox_store
         max_age = self.context.config["mail"]["journal_checkpoint"]
         try:
-            rewritten = store.open_journal(max_age)
+            store.open_journal(max_age)  # logs what its replay restored
         except JournalBusy:
             _log.warn("Another process holds the mail journal in {path}; delivering "
                       "with an fsync per message", path=store.root)
             return
-        if rewritten:
-            _log.warn("Mail journal: restored {count} message(s) after a crash", count=rewritten)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.context.reactor
         self._loop.start(max(max_age / 2, 0.05), now=False)

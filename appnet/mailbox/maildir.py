@@ -45,6 +45,12 @@ the user's folders, computed from C{S=} in file names) is checked before
 anything is written; two deliveries racing past the check together can
 overshoot it by one message each, as with Dovecot's Maildir++ quota.
 
+With the store's journal open (L{MaildirStore.open_journal}, what the SMTP
+service does), L{MaildirStore.deliver} instead makes a batch durable with
+one record append and C{fdatasync} before the renames, and leaves the
+files and directories to a later C{syncfs}; L{appnet.mailbox.journal} says
+how a crash is recovered from.
+
 Flag changes rename the file into C{cur/} and are not fsynced: a crash may
 lose a flag change, never a message.
 
@@ -59,6 +65,7 @@ names, and stats each message once per store instance for its arrival date.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -564,7 +571,9 @@ class MaildirFolder:
         moved: list[str] = []
         uids: list[int] = []
         try:
-            with folder_lock(self.path):
+            # Renaming into new/ needs no lock (as for any other delivery
+            # agent); the UID list does.
+            with folder_lock(self.path) if assign_uid else contextlib.nullcontext():
                 uidlist = self._load_locked() if assign_uid else None
                 for _, tmp_path, key, sub, name, size, vsize, _, mtime in staged:
                     dest = os.path.join(self.path, sub, name)
@@ -581,6 +590,7 @@ class MaildirFolder:
                 for sub in sorted({entry[3] for entry in staged}):
                     _fsync_directory(os.path.join(self.path, sub))
         except Exception as e:
+            self._store._forget_ready(self.path)
             # Do not leave a message the caller was told failed: it would
             # be delivered twice when the sender retries.
             for entry in staged:
@@ -750,6 +760,8 @@ class MaildirStore:
         self._pending: list[tuple[tuple[str, str, bytes, Iterable[str], bool], defer.Deferred[MessageInfo]]] = []
         self._writing = 0
         self._journal: DeliveryJournal | None = None
+        # maildir directories known to have cur/, new/ and tmp/
+        self._ready: set[str] = set()
         self._states: dict[str, _FolderState] = {}
         self._states_guard = threading.Lock()
         # directory -> ((inode, mtime_ns), total stored size)
@@ -770,8 +782,19 @@ class MaildirStore:
 
     def _ensure_user(self, user: str) -> str:
         user_path = self._user_path(user)
-        _ensure_maildir(user_path)
+        self._ensure_ready(user_path)
         return user_path
+
+    def _ensure_ready(self, path: str) -> None:
+        # Checked once per path: a directory removed behind our back shows
+        # as a failed write, which forgets it (see _forget_ready).
+        if path not in self._ready:
+            _ensure_maildir(path)
+            self._ready.add(path)
+
+    def _forget_ready(self, path: str) -> None:
+        self._ready.discard(path)
+        self._ready.discard(os.path.dirname(path))
 
     def _folder_path(self, user_path: str, name: str) -> str:
         dir_name = folder_dir_name(name)
@@ -786,6 +809,7 @@ class MaildirStore:
             return state
 
     def _forget_states(self, path: str) -> None:
+        self._ready = {p for p in self._ready if p != path and not p.startswith(path + ".")}
         with self._states_guard:
             for known in list(self._states):
                 if known == path or known.startswith(path + "."):
@@ -809,6 +833,9 @@ class MaildirStore:
         directory once: one directory fsync per batch instead of one per
         message, and one hand-off to a thread. Each Deferred fires only
         once its own file and the directory entry naming it are durable.
+        With the journal open, a batch is instead one append and
+        C{fdatasync} of the journal, then the renames (see
+        L{appnet.mailbox.journal}).
 
         With C{assign_uid=False} (SMTP, which has no use for the UID) the
         UID list is left to the next scan, as for mail any other delivery
@@ -863,6 +890,7 @@ class MaildirStore:
                 fd, staged, data = target._write_tmp(message, flags, None)
             except Exception as e:
                 results[i] = e
+                self._ready.clear()  # maybe a maildir went missing: check again
                 continue
             key = (target.path, assign_uid)
             targets.setdefault(key, (target, []))[1].append((i, *staged))
@@ -956,10 +984,10 @@ class MaildirStore:
         name = normalize_folder_name(name)
         user_path = self._ensure_user(user)
         path = self._folder_path(user_path, name)
-        if path != user_path:
+        if path != user_path and path not in self._ready:
             if not os.path.isdir(path):
                 raise NoSuchMailbox(name)
-            _ensure_maildir(path)
+            self._ensure_ready(path)
         return MaildirFolder(self, user, name, path, user_path,
                              self._state_for(path))
 
