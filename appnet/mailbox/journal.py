@@ -335,7 +335,7 @@ class DeliveryJournal:
     def _retire(self, number: int) -> None:
         """Keep a checkpointed segment as a spare, or delete it."""
         path = os.path.join(self.path, f"{_SEGMENT}{number}")
-        if len(self._spares) < self.SPARES:
+        if len(self._spares) < self.SPARES and os.stat(path).st_size <= self.SEGMENT_BYTES:
             os.rename(path, os.path.join(self.path, f"{_SPARE}{number}"))
             self._spares.append(number)
         else:

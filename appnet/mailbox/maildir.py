@@ -772,6 +772,9 @@ class MaildirStore:
     #: message (measured: 2 beat 1 in each of three interleaved pairs).
     WRITERS = 2
 
+    #: Largest message (stored bytes) delivered through the journal.
+    JOURNAL_MAX = 1 << 20
+
     def __repr__(self) -> str:
         return f"<MaildirStore at {self.root}>"
 
@@ -876,10 +879,16 @@ class MaildirStore:
         """
         Deliver a batch (see L{deliver}); each request's L{MessageInfo} or
         exception goes at its index.
+
+        With the journal open, messages up to L{JOURNAL_MAX} bytes go
+        through it; larger ones (whose flush costs the same either way, and
+        which would only be written twice) are fsynced as without it.
         """
         results: list[MessageInfo | Exception | None] = [None] * len(requests)
-        targets: dict[tuple[str, bool], tuple[MaildirFolder, list[tuple[Any, ...]]]] = {}
-        written: list[tuple[int, int, str, Record]] = []
+        # (folder, assign_uid, journalled) -> (folder, staged entries)
+        targets: dict[tuple[str, bool, bool], tuple[MaildirFolder, list[tuple[Any, ...]]]] = {}
+        synced: list[tuple[int, int, str]] = []
+        journalled: list[Record] = []
         journal = self._journal
         for i, (user, folder_name, message, flags, assign_uid) in enumerate(requests):
             try:
@@ -892,36 +901,40 @@ class MaildirStore:
                 results[i] = e
                 self._ready.clear()  # maybe a maildir went missing: check again
                 continue
-            key = (target.path, assign_uid)
-            targets.setdefault(key, (target, []))[1].append((i, *staged))
-            record = Record(DELIVERED, self._record_path(target.path, staged[2], staged[3]),
-                            staged[7], data) if journal is not None else None
-            written.append((i, fd, staged[0], record))
-        failed: set[int] = set()
-        if journal is None:
-            for i, fd, tmp_path, _ in written:
-                try:
-                    _sync_and_close(fd, tmp_path)
-                except Exception as e:
-                    results[i] = e
-                    failed.add(i)
-            segment = None
-        else:
-            for _, fd, _, _ in written:
+            via_journal = journal is not None and len(data) <= self.JOURNAL_MAX
+            targets.setdefault((target.path, assign_uid, via_journal),
+                               (target, []))[1].append((i, *staged))
+            if via_journal:
                 os.close(fd)
+                journalled.append(Record(DELIVERED, self._record_path(target.path, staged[2], staged[3]),
+                                         staged[7], data))
+            else:
+                synced.append((i, fd, staged[0]))
+        failed: set[int] = set()
+        for i, fd, tmp_path in synced:
             try:
-                segment = journal.append(record for *_, record in written)
+                _sync_and_close(fd, tmp_path)
             except Exception as e:
-                for i, _, tmp_path, _ in written:
-                    _unlink_quietly(tmp_path)
-                    results[i] = e
-                return results
+                results[i] = e
+                failed.add(i)
+        segment = None
+        if journalled:
+            assert journal is not None
+            try:
+                segment = journal.append(journalled)
+            except Exception as e:
+                for (_, _, via_journal), (_, entries) in targets.items():
+                    if via_journal:
+                        for entry in entries:
+                            _unlink_quietly(entry[1])
+                            results[entry[0]] = e
+                            failed.add(entry[0])
         try:
-            for (_, assign_uid), (target, entries) in targets.items():
+            for (_, assign_uid, via_journal), (target, entries) in targets.items():
                 entries = [entry for entry in entries if entry[0] not in failed]
                 if entries:
                     target._commit(entries, results, assign_uid=assign_uid,
-                                   durable=journal is None)
+                                   durable=not via_journal)
         finally:
             if segment is not None:
                 journal.applied(segment)

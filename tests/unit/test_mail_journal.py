@@ -287,3 +287,16 @@ class JournalledStoreTests(SynchronousTestCase):
         self.assertEqual(failure.value.errno, 5)
         self.assertEqual(os.listdir(self.new()), [])
         self.assertEqual(os.listdir(os.path.join(self.root, "alice", "tmp")), [])
+
+    def test_large_message_bypasses_the_journal(self) -> None:
+        """A message over JOURNAL_MAX is fsynced as without a journal, in the same batch."""
+        self.patch(MaildirStore, "JOURNAL_MAX", 100)
+        fsynced: list[str] = []
+        self.patch(maildir, "_fsync", lambda fd: fsynced.append("file"))
+        self.patch(maildir, "_fsync_directory", lambda path: fsynced.append(os.path.basename(path)))
+        self.deliver(b"small\n")
+        self.assertEqual(fsynced, [])
+        self.deliver(b"x" * 200 + b"\n")
+        self.assertEqual(fsynced, ["file", "new"])
+        self.assertEqual(self.store.journal.pending(["alice/new/" + n for n in os.listdir(self.new())]),
+                         ["alice/new/" + n for n in os.listdir(self.new()) if "S=6," in n])
