@@ -93,6 +93,7 @@ __all__ = [
     "decode_records",
     "encode_record",
     "message_identity",
+    "write_message_file",
 ]
 
 _log = Logger()
@@ -208,6 +209,40 @@ def message_identity(path: str) -> str:
     """
     *folder, _, name = path.split("/")
     return "/".join([*folder, name.partition(":")[0]])
+
+
+def write_message_file(folder: str, sub: str, name: str, data: bytes,
+                       mtime: float | None = None, target: str | None = None) -> str:
+    """
+    Put a message into a maildir folder the Maildir way: write
+    C{tmp/<key>}, then rename it to C{<sub>/<name>} (or C{target}). No
+    fsync: the journal's record covers it until a checkpoint.
+
+    @return: the path it now has
+    """
+    key = name.partition(":")[0]
+    tmp = os.path.join(folder, "tmp", key)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(tmp), 0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+    if target is None:
+        target = os.path.join(folder, sub, name)
+    try:
+        os.rename(tmp, target)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
+        os.rename(tmp, target)
+    return target
 
 
 class _Segment:
@@ -440,11 +475,19 @@ class DeliveryJournal:
                 active is not None and active.records > 0
                 and self._monotonic() - active.opened >= self.max_age)
 
+    #: How long a forced checkpoint waits for batches still renaming files.
+    FORCE_WAIT = 30.0
+
     def checkpoint(self, force: bool = False) -> int:
         """
         Make the messages of sealed segments durable in their maildirs and
-        delete those segments; blocks. The current segment is sealed first
+        retire those segments; blocks. The current segment is sealed first
         when it is older than C{max_age} (or always, with C{force}).
+
+        Segments are retired oldest first, and only once every batch
+        written to them has put its files in place (with C{force}, after
+        waiting up to L{FORCE_WAIT} seconds for that); one still waiting,
+        and those after it, stay for the next checkpoint or the replay.
 
         @return: how many segments were retired
         """
@@ -454,9 +497,13 @@ class DeliveryJournal:
                 if active is not None and active.records and (
                         force or self._monotonic() - active.opened >= self.max_age):
                     self._seal()
-                while any(s.pending for s in self._sealed):
-                    self._cond.wait()
-                ready, self._sealed = self._sealed, []
+                if force:
+                    self._cond.wait_for(lambda: not any(s.pending for s in self._sealed),
+                                        self.FORCE_WAIT)
+                count = 0
+                while count < len(self._sealed) and not self._sealed[count].pending:
+                    count += 1
+                ready, self._sealed = self._sealed[:count], self._sealed[count:]
             if not ready:
                 return 0
             try:
@@ -551,19 +598,5 @@ class _Restorer:
                         return 0
             except FileNotFoundError:
                 target = None
-        if target is None:
-            target = os.path.join(folder, sub, name)
-        tmp = os.path.join(folder, "tmp", key)
-        os.makedirs(os.path.dirname(tmp), 0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(record.data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.utime(fd, (record.mtime, record.mtime))
-        finally:
-            os.close(fd)
-        os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
-        os.rename(tmp, target)
-        index[key] = target
+        index[key] = write_message_file(folder, sub, name, record.data, record.mtime, target)
         return 1

@@ -101,7 +101,7 @@ from appnet.mailbox.filenames import (
     sizes_from_key,
     split_name,
 )
-from appnet.mailbox.journal import DELIVERED, DeliveryJournal, Record
+from appnet.mailbox.journal import DELIVERED, DeliveryJournal, Record, write_message_file
 from appnet.mailbox.interfaces import (
     IFolder,
     IMaildropLock,
@@ -281,6 +281,7 @@ class MaildirFolder:
     # -- scanning ----------------------------------------------------------
 
     def _list_files(self) -> dict[str, tuple[str, str, os.DirEntry[str]]]:
+        self._store._wait_visible(self.path)
         found: dict[str, tuple[str, str, os.DirEntry[str]]] = {}
         # new/ before cur/: a file moved from new/ to cur/ while we list is
         # then seen at least once, and cur/ (the later state) wins.
@@ -521,6 +522,18 @@ class MaildirFolder:
         _sync_and_close(fd, staged[0])
         return staged
 
+    def _prepare(self, message: bytes) -> tuple[bytes, int, int]:
+        """
+        The message as stored (LF line ends), its size and CRLF size,
+        once the owner's quota has room for it.
+        """
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise TypeError(f"message must be bytes, not {type(message)}")
+        data = bytes(message).replace(b"\r\n", b"\n")
+        size, vsize = len(data), crlf_size(data)
+        self._store._check_quota(self.user, size)
+        return data, size, vsize
+
     def _write_tmp(self, message: bytes, flags: Iterable[str], internal_date: float | None
                    ) -> tuple[int, tuple[str, str, str, str, int, int, frozenset[str], float], bytes]:
         """
@@ -528,12 +541,8 @@ class MaildirFolder:
         and closes the returned descriptor (L{_sync_and_close}). Also
         returns the bytes as stored.
         """
-        if not isinstance(message, (bytes, bytearray, memoryview)):
-            raise TypeError(f"message must be bytes, not {type(message)}")
         wanted = normalize_flags(flags)
-        data = bytes(message).replace(b"\r\n", b"\n")
-        size, vsize = len(data), crlf_size(data)
-        self._store._check_quota(self.user, size)
+        data, size, vsize = self._prepare(message)
         letters = self._state.keywords.letters_for(wanted) if wanted else ""
 
         tmp_path, fd = self._create_tmp(size, vsize)
@@ -762,6 +771,11 @@ class MaildirStore:
         self._journal: DeliveryJournal | None = None
         # maildir directories known to have cur/, new/ and tmp/
         self._ready: set[str] = set()
+        # Journalled deliveries acknowledged but not yet in their maildirs:
+        # count per folder directory, and those whose writing failed.
+        self._visible = threading.Condition()
+        self._unseen: dict[str, int] = {}
+        self._unmaterialized: list[tuple[DeliveryJournal, Any, list[tuple[str, str, Record]]]] = []
         self._states: dict[str, _FolderState] = {}
         self._states_guard = threading.Lock()
         # directory -> ((inode, mtime_ns), total stored size)
@@ -859,23 +873,29 @@ class MaildirStore:
         batch, self._pending = self._pending, []
         self._writing += 1
 
-        def done(results: Any) -> None:
+        def done(outcome: Any) -> None:
             self._writing -= 1
             if self._pending:
                 self._write_pending()
-            if isinstance(results, Failure):
-                results = [results] * len(batch)
-            for (_, d), outcome in zip(batch, results):
-                if isinstance(outcome, (Exception, Failure)):
-                    d.errback(outcome)
+            if isinstance(outcome, Failure):
+                results, unseen = [outcome] * len(batch), None
+            else:
+                results, unseen = outcome
+            for (_, d), result in zip(batch, results):
+                if isinstance(result, (Exception, Failure)):
+                    d.errback(result)
                 else:
-                    d.callback(outcome)
+                    d.callback(result)
+            if unseen is not None:
+                defer.maybeDeferred(self._run_blocking, self._materialize, *unseen
+                                    ).addErrback(self._log_materialize_failure)
 
         requests = [request for request, _ in batch]
         defer.maybeDeferred(self._run_blocking, self._write_batch, requests).addBoth(done)
 
     def _write_batch(self, requests: list[tuple[str, str, bytes, Iterable[str], bool]]
-                     ) -> list[MessageInfo | Exception | None]:
+                     ) -> tuple[list[MessageInfo | Exception | None],
+                                tuple[DeliveryJournal, Any, list[tuple[str, str, Record]]] | None]:
         """
         Deliver a batch (see L{deliver}); each request's L{MessageInfo} or
         exception goes at its index.
@@ -883,12 +903,16 @@ class MaildirStore:
         With the journal open, messages up to L{JOURNAL_MAX} bytes go
         through it; larger ones (whose flush costs the same either way, and
         which would only be written twice) are fsynced as without it.
+        Journalled deliveries with C{assign_uid=False} and no flags are not
+        written to their maildirs here at all: the second value returned
+        lists them (with their journal segment) for L{_materialize}.
         """
         results: list[MessageInfo | Exception | None] = [None] * len(requests)
         # (folder, assign_uid, journalled) -> (folder, staged entries)
         targets: dict[tuple[str, bool, bool], tuple[MaildirFolder, list[tuple[Any, ...]]]] = {}
         synced: list[tuple[int, int, str]] = []
         journalled: list[Record] = []
+        unseen: list[tuple[str, str, Record]] = []
         journal = self._journal
         for i, (user, folder_name, message, flags, assign_uid) in enumerate(requests):
             try:
@@ -896,6 +920,15 @@ class MaildirStore:
                 if self._user_exists is not None and not self._user_exists(user):
                     raise NoSuchUser(user)
                 target = self.folder(user, folder_name)
+                if (journal is not None and not assign_uid and not flags
+                        and len(message) <= self.JOURNAL_MAX):
+                    data, size, vsize = target._prepare(message)
+                    key, now = new_key(self.hostname, size, vsize), time.time()
+                    record = Record(DELIVERED, self._record_path(target.path, "new", key), now, data)
+                    journalled.append(record)
+                    unseen.append((target.path, key, record))
+                    results[i] = MessageInfo(0, key, size, vsize, frozenset(), now, True)
+                    continue
                 fd, staged, data = target._write_tmp(message, flags, None)
             except Exception as e:
                 results[i] = e
@@ -929,6 +962,16 @@ class MaildirStore:
                             _unlink_quietly(entry[1])
                             results[entry[0]] = e
                             failed.add(entry[0])
+                for i, result in enumerate(results):
+                    if isinstance(result, MessageInfo):  # only early ones so far
+                        results[i] = e
+                unseen = []
+        if unseen:
+            assert journal is not None and segment is not None
+            # This batch's hold on the segment passes to _materialize.
+            with self._visible:
+                for path, _, _ in unseen:
+                    self._unseen[path] = self._unseen.get(path, 0) + 1
         try:
             for (_, assign_uid, via_journal), (target, entries) in targets.items():
                 entries = [entry for entry in entries if entry[0] not in failed]
@@ -936,9 +979,67 @@ class MaildirStore:
                     target._commit(entries, results, assign_uid=assign_uid,
                                    durable=not via_journal)
         finally:
-            if segment is not None:
+            if segment is not None and not unseen:
                 journal.applied(segment)
-        return results
+        return results, ((journal, segment, unseen) if unseen else None)
+
+    def _materialize(self, journal: DeliveryJournal, segment: Any,
+                     unseen: list[tuple[str, str, Record]]) -> None:
+        """
+        Put journalled messages into their maildirs (write to C{tmp/},
+        rename into C{new/}; no fsync: the next checkpoint syncs them). A
+        failure leaves the rest for L{checkpoint} to retry; the segment
+        is not released until all are in place.
+        """
+        try:
+            while unseen:
+                path, key, record = unseen[0]
+                try:
+                    write_message_file(path, "new", key, record.data)
+                finally:
+                    self._seen(path)
+                unseen.pop(0)
+        except Exception:
+            with self._visible:
+                self._unmaterialized.append((journal, segment, unseen))
+            raise
+        journal.applied(segment)
+
+    def _seen(self, path: str) -> None:
+        with self._visible:
+            left = self._unseen.get(path, 0) - 1
+            if left > 0:
+                self._unseen[path] = left
+            else:
+                self._unseen.pop(path, None)
+            self._visible.notify_all()
+
+    def _wait_visible(self, path: str, timeout: float = 10.0) -> None:
+        """
+        Wait until messages acknowledged for this folder directory are in
+        it (readers in this process see their own deliveries at once).
+        """
+        if not self._unseen:
+            return
+        with self._visible:
+            self._visible.wait_for(lambda: not self._unseen.get(path), timeout)
+
+    @staticmethod
+    def _log_materialize_failure(failure: Failure) -> None:
+        _log.failure("Could not put a journalled message in its maildir yet "
+                     "(retried at the next checkpoint; it is safe in the journal)", failure)
+
+    def _retry_materialize(self) -> None:
+        with self._visible:
+            jobs, self._unmaterialized = self._unmaterialized, []
+        for journal, segment, unseen in jobs:
+            with self._visible:
+                for path, _, _ in unseen:
+                    self._unseen[path] = self._unseen.get(path, 0) + 1
+            try:
+                self._materialize(journal, segment, unseen)
+            except Exception:
+                self._log_materialize_failure(Failure())
 
     def _record_path(self, folder_path: str, sub: str, name: str) -> str:
         """A message file's path below the root, as the journal names it."""
@@ -977,13 +1078,18 @@ class MaildirStore:
         journal = self._journal
         if journal is None or not (force or journal.due()):
             return 0
+        self._retry_materialize()
         return journal.checkpoint(force)
 
     def close_journal(self) -> None:
         """Checkpoint everything and stop using the journal; blocks."""
-        journal, self._journal = self._journal, None
+        journal = self._journal
         if journal is not None:
-            journal.close()
+            try:
+                self._retry_materialize()
+            finally:
+                self._journal = None
+                journal.close()
 
     def folder(self, user: str, name: str = INBOX) -> MaildirFolder:
         """

@@ -569,7 +569,10 @@ class GetmailTests(_Served):
             )
         done = await run_process(
             [self.getmail, "--getmaildir", home, "--rcfile", rc],
-            env=dict(os.environ, HOME=home),
+            # getmail runs on the system's Python: trial -j's workers put our
+            # interpreter's sys.path (lib-dynload included) in PYTHONPATH.
+            env={**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")},
+                 "HOME": home},
             timeout=60,
         )
         self.assertEqual(done.returncode, 0, decode(done))

@@ -300,3 +300,106 @@ class JournalledStoreTests(SynchronousTestCase):
         self.assertEqual(fsynced, ["file", "new"])
         self.assertEqual(self.store.journal.pending(["alice/new/" + n for n in os.listdir(self.new())]),
                          ["alice/new/" + n for n in os.listdir(self.new()) if "S=6," in n])
+
+
+class ManualRunner:
+    """A C{run_blocking} that queues the work until the test runs it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)
+
+
+class AcknowledgedBeforeVisibleTests(SynchronousTestCase):
+    """
+    SMTP's deliveries (C{assign_uid=False}, no flags) through the journal:
+    the Deferred fires once the record is flushed; the file is written and
+    renamed into C{new/} just after, by a separate job; readers in this
+    process wait for it.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.runner = ManualRunner()
+        self.store = MaildirStore(self.root, run_blocking=self.runner, hostname="h")
+        self.store.open_journal(max_age=60)
+        self.new = os.path.join(self.root, "alice", "new")
+
+    def deliver(self, body: bytes) -> Any:
+        d = self.store.deliver("alice", body, assign_uid=False)
+        self.runner.run_next()  # the batch: journal append + fdatasync
+        return self.successResultOf(d)
+
+    def test_fires_then_file_appears(self) -> None:
+        """The Deferred fires with the info before the file exists; the next job writes it."""
+        info = self.deliver(b"hello\r\n")
+        self.assertEqual((info.uid, info.size, info.rfc822_size), (0, 6, 7))
+        self.assertEqual(os.listdir(self.new), [])
+        self.assertEqual(len(self.runner.jobs), 1)  # the materialization
+        self.runner.run_next()
+        self.assertEqual(os.listdir(self.new), [info.key])
+        with open(os.path.join(self.new, info.key), "rb") as f:
+            self.assertEqual(f.read(), b"hello\n")
+
+    def test_reader_waits_for_acknowledged_messages(self) -> None:
+        """A scan in another thread does not miss a message already acknowledged."""
+        import threading
+
+        self.deliver(b"hello\n")
+        seen: list[int] = []
+        reader = threading.Thread(target=lambda: seen.append(len(self.store.folder("alice").messages())))
+        reader.start()
+        self.runner.run_next()
+        reader.join(30)
+        self.assertEqual(seen, [1])
+
+    def test_crash_before_the_file_is_written(self) -> None:
+        """The journal record alone brings the message back after a crash."""
+        info = self.deliver(b"only in the journal\n")
+        self.store.journal._release_lock()
+        store = MaildirStore(self.root, run_blocking=self.runner, hostname="h")
+        self.assertEqual(store.open_journal(), 1)
+        with open(os.path.join(self.new, info.key), "rb") as f:
+            self.assertEqual(f.read(), b"only in the journal\n")
+
+    def test_failed_write_is_retried_at_checkpoint(self) -> None:
+        """A file that could not be written yet is retried; its segment waits for it."""
+        calls = []
+
+        def flaky(*args: Any, **kwargs: Any) -> str:
+            calls.append(args)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return journal.write_message_file(*args, **kwargs)
+
+        self.patch(maildir, "write_message_file", flaky)
+        info = self.deliver(b"retry me\n")
+        self.runner.run_next()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(os.listdir(self.new), [])
+        self.assertEqual(self.store.journal.checkpoint(force=False), 0)
+        self.assertEqual(self.store.checkpoint(force=True), 1)
+        self.assertEqual(os.listdir(self.new), [info.key])
+
+    def test_close_puts_everything_in_place(self) -> None:
+        """Closing the journal writes what was still pending, then retires it."""
+        import threading
+
+        info = self.deliver(b"pending at close\n")
+        job = self.runner.jobs.pop(0)
+        closer = threading.Thread(target=self.store.close_journal)
+        closer.start()  # waits for the pending batch, then checkpoints
+        defer.maybeDeferred(job[0], *job[1])
+        closer.join(30)
+        self.assertFalse(closer.is_alive())
+        self.assertEqual(os.listdir(self.new), [info.key])
+        self.assertFalse([n for n in os.listdir(os.path.join(self.root, JOURNAL_DIR))
+                          if n.startswith("segment.")])
