@@ -887,6 +887,10 @@ class MaildirStore:
                 else:
                     d.callback(result)
             if unseen is not None:
+                # This batch's hold on its segment passes to _materialize.
+                # Counted only now, when that job is under way: a reader on
+                # this thread must not wait for a job not yet started.
+                self._expect(unseen[2])
                 defer.maybeDeferred(self._run_blocking, self._materialize, *unseen
                                     ).addErrback(self._log_materialize_failure)
 
@@ -966,12 +970,6 @@ class MaildirStore:
                     if isinstance(result, MessageInfo):  # only early ones so far
                         results[i] = e
                 unseen = []
-        if unseen:
-            assert journal is not None and segment is not None
-            # This batch's hold on the segment passes to _materialize.
-            with self._visible:
-                for path, _, _ in unseen:
-                    self._unseen[path] = self._unseen.get(path, 0) + 1
         try:
             for (_, assign_uid, via_journal), (target, entries) in targets.items():
                 entries = [entry for entry in entries if entry[0] not in failed]
@@ -1005,6 +1003,11 @@ class MaildirStore:
             raise
         journal.applied(segment)
 
+    def _expect(self, unseen: list[tuple[str, str, Record]]) -> None:
+        with self._visible:
+            for path, _, _ in unseen:
+                self._unseen[path] = self._unseen.get(path, 0) + 1
+
     def _seen(self, path: str) -> None:
         with self._visible:
             left = self._unseen.get(path, 0) - 1
@@ -1033,9 +1036,7 @@ class MaildirStore:
         with self._visible:
             jobs, self._unmaterialized = self._unmaterialized, []
         for journal, segment, unseen in jobs:
-            with self._visible:
-                for path, _, _ in unseen:
-                    self._unseen[path] = self._unseen.get(path, 0) + 1
+            self._expect(unseen)
             try:
                 self._materialize(journal, segment, unseen)
             except Exception:
