@@ -16,9 +16,12 @@ through twisted.cred, and replaces what Twisted gets wrong or lacks:
    peer address of passive connections, and sets TCP_NODELAY;
  - per-transfer overhead: a passive port is a bare listening socket
    (L{_PassivePort}) whose connection is accepted in the transfer
-   command's own reactor turn; a small file is sent and its connection
-   closed in that turn; replies go out at the end of each read
-   (L{FTPServer._flush}) rather than at the reactor's next turn;
+   command's own reactor turn; a small binary file goes out on the bare
+   accepted socket, no transport made, in that turn; replies go out at
+   the end of each read (L{FTPServer._flush}) rather than at the
+   reactor's next turn, and the clean-up the client does not wait for
+   (closing sockets) after them; commands that answer at once make no
+   Deferred;
  - framing: L{appnet.lines.BoundedLines} (CRLF or LF, an overlong line
    answered with 500 and the session kept, cleartext after AUTH TLS
    dropped); Twisted's LineReceiver drops the connection instead;
@@ -252,19 +255,21 @@ class DataChannel(protocol.Protocol):
 
         @return: whether it is all with the kernel and the stream ended
             (FIN) already, so that the transfer can be reported done now:
-            plain TCP whose socket took it at once. Otherwise it goes
-            through Twisted's buffer, and L{closed} tells when it is done.
+            plain TCP whose socket took it at once (the socket closes
+            once the session's replies are out, L{FTPServer.after_replies}).
+            Otherwise it goes through Twisted's buffer, and L{closed} tells
+            when it is done.
         """
         sock = plain_tcp(self.transport)
-        sent = _send_now(sock, data) if sock is not None else 0
+        sent = _send_now(sock.socket, data) if sock is not None else 0
         self.bytes_out += sent
         if sock is not None and sent == len(data):
-            # Nothing is left in Twisted's buffer, so close now as the
-            # reactor would a turn later (loseConnection waits for a write
-            # event first): the descriptor leaves the reactor, the socket
-            # closes (the kernel still delivers what it holds), and
-            # connectionLost runs.
-            sock.connectionLost(_SENT)
+            # Nothing is left in Twisted's buffer, so close as the reactor
+            # would a turn later (loseConnection waits for a write event
+            # first), but after the reply is sent: the descriptor leaves
+            # the reactor, the socket closes (the kernel still delivers
+            # what it holds), and connectionLost runs.
+            self.factory.session.after_replies(lambda: _close_sent(sock))
             return True
         self.write(data[sent:])
         self.transport.loseConnection()
@@ -307,17 +312,24 @@ class _DataFactory(protocol.ClientFactory):
         self.listening_port: Any = None
         self.connector: Any = None
         self.deadline: Any = None
-        """The passive connection's timeout (an C{IDelayedCall}), if any."""
+        """The passive connection's timeout (an C{IDelayedCall}), once a
+        transfer command waits for it."""
         self.refused: str | None = None
 
-    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+    def allows(self, host: str | None) -> bool:
+        """Whether a connection from C{host} may be this setup's one data
+        connection: the first, and (passive) from the client's host."""
         if self.channel is not None or self.failure is not None:
-            return _Refused()
+            return False
+        # A passive port is guessable: only the client may connect to it.
+        return self.peer_host is None or _same_host(host, self.peer_host)
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
         host = getattr(addr, "host", None)
-        if self.peer_host is not None and not _same_host(host, self.peer_host):
-            # A passive port is guessable: only the client may connect to it.
-            _log.warn("FTP data connection from {host} refused (control peer {peer})",
-                      host=host, peer=self.peer_host)
+        if not self.allows(host):
+            if self.channel is None and self.failure is None:
+                _log.warn("FTP data connection from {host} refused (control peer {peer})",
+                          host=host, peer=self.peer_host)
             return _Refused()
         p = DataChannel()
         p.factory = self
@@ -371,10 +383,19 @@ class _DataFactory(protocol.ClientFactory):
     def accept(self) -> None:
         """
         The transfer command came: take the passive connection now if it
-        is waiting (see L{_PassivePort.accept}).
+        is waiting (see L{_PassivePort.accept}), or give the client
+        C{data_timeout} to make it (timed from the transfer command, as
+        vsftpd does: no timer per PASV when the client is already there).
         """
-        if self.channel is None and isinstance(self.listening_port, _PassivePort):
+        if self.channel is not None or self.failure is not None or self.listening_port is None:
+            return
+        if isinstance(self.listening_port, _PassivePort):
             self.listening_port.accept()
+        if self.channel is None and self.failure is None and self.deadline is None:
+            factory = self.session.factory
+            self.deadline = factory.reactor.callLater(
+                factory.data_timeout, self.fail, Failure(error.TimeoutError("no data connection"))
+            )
 
     def close(self) -> None:
         """Stop listening or connecting; drop the connection if one is up."""
@@ -462,11 +483,16 @@ class _PassivePort:
 
     def doRead(self) -> None:
         """Accept what is waiting; the factory refuses all but its one peer."""
+        while (waiting := self._accept_one()) is not None:
+            self.serve(*waiting)
+
+    def _accept_one(self) -> tuple[socket.socket, Any] | None:
+        """A waiting connection and its peer's address, or None."""
         while self.socket is not None:
             try:
-                sock, peer = self.socket.accept()
+                return self.socket.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return None
             except OSError as e:
                 if e.errno == errno.ECONNABORTED:
                     continue
@@ -474,15 +500,34 @@ class _PassivePort:
                 # keep the socket readable, so give this transfer up (425).
                 self.stopListening()
                 self._failed(Failure(e))
-                return
-            protocol = self.factory.buildProtocol(self._address_type("TCP", peer[0], peer[1]))
-            if protocol is None:
-                sock.close()
-                continue
-            self._sessions += 1
-            transport = tcp.Server(sock, protocol, peer, None, self._sessions, self.reactor)
-            transport.repstr = f"<{type(protocol).__name__} on FTP passive port {self._host.port}>"
-            protocol.makeConnection(transport)
+        return None
+
+    def take(self) -> tuple[socket.socket, Any] | None:
+        """
+        The client's connection, if it is waiting, as a bare non-blocking
+        socket and its peer's address (L{_Download}'s small files need no
+        transport); the caller L{serve}s it if it needs one after all.
+        Connections from anyone else are refused as L{doRead} does.
+        Only for a port whose factory is the plain L{_DataFactory}.
+        """
+        while (waiting := self._accept_one()) is not None:
+            sock, peer = waiting
+            if self.factory.allows(peer[0]):
+                sock.setblocking(False)
+                return sock, peer
+            self.serve(sock, peer)
+        return None
+
+    def serve(self, sock: socket.socket, peer: Any) -> None:
+        """Give an accepted connection a transport and the factory's protocol."""
+        protocol = self.factory.buildProtocol(self._address_type("TCP", peer[0], peer[1]))
+        if protocol is None:
+            sock.close()
+            return
+        self._sessions += 1
+        transport = tcp.Server(sock, protocol, peer, None, self._sessions, self.reactor)
+        transport.repstr = f"<{type(protocol).__name__} on FTP passive port {self._host.port}>"
+        protocol.makeConnection(transport)
 
     def accept(self) -> None:
         """Take the connections waiting; have the reactor watch for the
@@ -570,22 +615,28 @@ def _nodelay(transport: Any) -> None:
         pass
 
 
-def _send_now(transport: Any, data: bytes) -> int:
+def _close_sent(connection: tcp.Connection) -> None:
+    """Close a data connection whose data went out whole (L{_send_now})."""
+    if not connection.disconnected:
+        connection.connectionLost(_SENT)
+
+
+def _send_now(sock: socket.socket, data: bytes) -> int:
     """
-    Send C{data} on plain TCP C{transport} at once, past Twisted's write
-    buffer (which would wait for the next reactor turn); when all of it
-    went, shut the sending side too (FIN). Only for a transport nothing was
-    written to yet.
+    Send C{data} on the non-blocking TCP socket C{sock} at once, past
+    Twisted's write buffer (which would wait for the next reactor turn);
+    when all of it went, shut the sending side too (FIN). Only for a
+    connection nothing was written to yet.
 
     @return: the number of bytes sent (0 when the socket refused them)
     """
     try:
-        sent = transport.socket.send(data)
+        sent = sock.send(data)
     except OSError:
         return 0
     if sent == len(data):
         try:
-            transport.socket.shutdown(socket.SHUT_WR)
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # The peer is gone already; Twisted's close finds out.
     return sent
@@ -796,13 +847,15 @@ class FTPServer(BoundedLines, _tftp.FTP):
     _data: _DataFactory | None = None
     _control_socket: Any = None
     _reading = False
-    _unflushed = False
+    _direct = True
 
     # -- connection ----------------------------------------------------------
 
     def connectionMade(self) -> None:
         f = self.factory
         self._queue: list[bytes] = []
+        self._replies: list[bytes] = []
+        self._after_replies: list[Callable[[], None]] = []
         self._tls = f.implicit_tls
         self.cwd = "/"
         self.mlst_facts = MLST_FACTS
@@ -838,7 +891,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
 
     def timeoutConnection(self) -> None:
         self.reply_line(421, "idle timeout, closing control connection")
-        self.transport.loseConnection()
+        self._hang_up()
 
     # -- replies -------------------------------------------------------------
 
@@ -848,10 +901,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         if self.transcript is not None:
             self.transcript.server(line)
         if self.transport is not None:
-            self.transport.write(line + b"\r\n")
-            self._unflushed = True
-            if not self._reading:
-                self._flush()
+            self._write(line + b"\r\n")
 
     def reply_line(self, code: int, text: str) -> None:
         """Send a one-line reply (CR and LF in C{text} are neutralised)."""
@@ -866,10 +916,22 @@ class FTPServer(BoundedLines, _tftp.FTP):
         if self.transcript is not None:
             for line in out:
                 self.transcript.server(line)
-        self.transport.write(data)
-        self._unflushed = True
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Queue a reply: it leaves at the end of the read (L{_flush}), at
+        once outside one. Under TLS it goes to the transport now."""
+        if self._control_socket is None:
+            self.transport.write(data)
+            return
+        self._replies.append(data)
         if not self._reading:
             self._flush()
+
+    def _hang_up(self) -> None:
+        """Close the control connection once the replies written are sent."""
+        self._flush()
+        self.transport.loseConnection()
 
     def _flush(self) -> None:
         """
@@ -877,14 +939,60 @@ class FTPServer(BoundedLines, _tftp.FTP):
         turn: a client waits for each reply, and a turn of the reactor
         costs more than the reply (bench/ftp). Replies to what one read
         brought go out together at its end (150 and 226 of a small file in
-        one segment, as the client reads them). Plain TCP only; C{doWrite}
-        is the reactor's own call, and on failure it leaves the descriptor
-        registered so that the reactor's next call reports it.
+        one segment, as the client reads them). Then the clean-up queued
+        by L{after_replies} runs.
+        """
+        replies = self._replies
+        if replies:
+            self._replies = []
+            self._send(b"".join(replies))
+        work = self._after_replies
+        if work:
+            self._after_replies = []
+            for f in work:
+                try:
+                    f()
+                except Exception:  # noqa: BLE001 - a bug of ours: logged, the session goes on
+                    _log.failure("FTP clean-up after a reply failed")
+
+    def _send(self, data: bytes) -> None:
+        """
+        Send replies on the control connection. On plain TCP with nothing
+        of ours in Twisted's write buffer they go straight to the socket
+        (Twisted's buffer would cost two C{epoll_ctl} calls and its write
+        path per reply), counted in the service's stats as appnet's
+        connection guard counts what passes it. Otherwise, and for what the
+        socket does not take (from then on the session's replies queue
+        behind it, in order), they go through the transport; on plain TCP
+        pushed at once with the reactor's own C{doWrite}, which on failure
+        leaves the descriptor registered so that the reactor's next call
+        reports it.
         """
         sock = self._control_socket
-        if self._unflushed and sock is not None and not sock.disconnecting:
-            self._unflushed = False
-            sock.doWrite()
+        sent = 0
+        if sock is not None and self._direct and not sock.disconnecting:
+            try:
+                sent = sock.socket.send(data)
+            except OSError:
+                pass  # Twisted's write path meets the error again and reports it.
+            self.factory.stats.incr("bytes_out", sent)
+        if sent < len(data):
+            self._direct = False
+            self.transport.write(data[sent:])
+            if sock is not None and not sock.disconnecting:
+                sock.doWrite()
+
+    def after_replies(self, work: Callable[[], None]) -> None:
+        """
+        Call C{work} once the replies written so far have gone out (at
+        once outside a read): clean-up the client does not wait for, such
+        as closing a data connection whose data and FIN are sent, is done
+        while the client reads the reply rather than before it is sent.
+        """
+        if self._reading:
+            self._after_replies.append(work)
+        else:
+            work()
 
     # -- framing and the command loop ------------------------------------------
 
@@ -896,7 +1004,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
             super().dataReceived(data)
         finally:
             self._reading = False
-        self._flush()
+            self._flush()
 
     def max_line_length(self) -> int:
         return self.factory.max_line
@@ -929,9 +1037,20 @@ class FTPServer(BoundedLines, _tftp.FTP):
         cmd, _, arg = text.partition(" ")
         cmd = cmd.upper()
         self._busy = True
-        d = defer.maybeDeferred(self._dispatch, cmd, arg)
-        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(cmd,))
-        d.addBoth(self._done)
+        # Most commands answer at once: no Deferred for them (two thirds
+        # of the commands of a small-file download, bench/ftp).
+        try:
+            result = self._dispatch(cmd, arg)
+            if not isinstance(result, defer.Deferred):
+                self._succeeded(result)
+        except Exception:  # noqa: BLE001 - a bug of ours: 451 and one log entry, never a traceback to the peer
+            self._failed(Failure(), cmd)
+        else:
+            if isinstance(result, defer.Deferred):
+                result.addCallbacks(self._succeeded, self._failed, errbackArgs=(cmd,))
+                result.addBoth(self._done)
+                return
+        self._done(None)
 
     def _done(self, _: object) -> None:
         self._busy = False
@@ -1060,7 +1179,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
             self.factory.stats.incr("logins_failed")
             if self._failed_logins >= MAX_FAILED_LOGINS:
                 self.reply_line(530, "login incorrect, too many failures: goodbye")
-                self.transport.loseConnection()
+                self._hang_up()
                 return None
             return (530, "login incorrect")
 
@@ -1076,6 +1195,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         if self._tls:
             return (503, "TLS already active")
         self.reply_line(234, "AUTH TLS ok, start the handshake")
+        self._flush()  # In the clear, before the handshake.
         self.cut_after_this_line()
         self.transport.startTLS(self.factory.tls_options)
         self._tls = True
@@ -1164,7 +1284,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
     def ftp_QUIT(self) -> Any:
         self.reply_line(221, "goodbye")
         self.disconnected = True
-        self.transport.loseConnection()
+        self._hang_up()
         return None
 
     def ftp_TYPE(self, type_: str) -> Any:
@@ -1308,10 +1428,6 @@ class FTPServer(BoundedLines, _tftp.FTP):
         else:
             raise FTPReply(425, "no passive port free, try again later")
         self._data = data
-        timeout = self.factory.data_timeout
-        data.deadline = self.factory.reactor.callLater(
-            timeout, data.fail, Failure(error.TimeoutError("no data connection"))
-        )
         return data
 
     def ftp_PASV(self) -> Any:
@@ -1492,19 +1608,27 @@ class FTPServer(BoundedLines, _tftp.FTP):
         body = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
         return self._start(_Listing(self, data, body), "here comes the listing")
 
-    def _start(self, transfer: Any, opening: str, done: str = "transfer complete") -> defer.Deferred:
+    def _start(self, transfer: Any, opening: str,
+               done: str = "transfer complete") -> defer.Deferred | tuple:
         self._transfer = transfer
-        self.setTimeout(None)
         self.reply_line(150, opening)
 
         def finished(result: tuple) -> tuple:
             self._transfer = None
-            self.setTimeout(self.timeOut)
+            if self.timeOut is None:
+                self.setTimeout(self.factory.idle_timeout)
             if result[0] == 226 and len(result) == 1:
                 return (226, done)
             return result
 
-        return transfer.run().addCallback(finished)
+        outcome = transfer.run()
+        if isinstance(outcome, tuple):
+            # Done in this turn (a small file): no Deferred, and the idle
+            # timer need not be stopped and restarted.
+            return finished(outcome)
+        # No idle timeout while a transfer runs.
+        self.setTimeout(None)
+        return outcome.addCallback(finished)
 
     def _abort_transfer(self) -> None:
         transfer = self._transfer
@@ -1529,7 +1653,9 @@ class _Transfer:
     def progress(self) -> int:
         return 0
 
-    def run(self) -> defer.Deferred:
+    def run(self) -> defer.Deferred | tuple:
+        """Fire with the final reply, or give it when the transfer is done
+        at once."""
         self.data.accept()
         d = self.data.wait()
         d.addCallbacks(self._connected, self._no_connection)
@@ -1603,6 +1729,49 @@ class _Download(_Transfer):
 
     def cleanup(self) -> None:
         self.file.close()
+
+    def run(self) -> defer.Deferred | tuple:
+        done = self._send_small_at_once()
+        return super().run() if done is None else done
+
+    def _send_small_at_once(self) -> tuple | None:
+        """
+        The common case of many small files, done without a transport: a
+        small binary file, on a plain passive port the client has already
+        connected to, is sent on the bare socket with one read and one
+        write, and the socket closed once the replies are out. When the
+        socket does not take it all, the connection gets its transport and
+        the rest goes the usual way.
+
+        @return: the final reply, or None when this is not the case
+        """
+        port = self.data.listening_port
+        if not (self.session.binary and isinstance(port, _PassivePort) and port.factory is self.data):
+            return None  # ASCII, active mode, TLS or a memory reactor.
+        size = self._small_size()
+        waiting = port.take() if size is not None else None
+        if waiting is None:
+            return None
+        sock, peer = waiting
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # Gone already: the send below finds out.
+        data = os.pread(self.file.fileno(), size - self.offset, self.offset)
+        sent = _send_now(sock, data)
+        self.session.factory.stats.incr("bytes_out", sent)
+        if sent < len(data):
+            self.offset += sent
+            port.serve(sock, peer)
+            return None
+        self.file.close()
+
+        def close() -> None:
+            sock.close()
+            self.data.close()
+
+        self.session.after_replies(close)
+        return self._ended((226,))
 
     def transfer(self, channel: DataChannel) -> defer.Deferred:
         session = self.session

@@ -442,6 +442,29 @@ class DataConnectionTests(FTPTestMixin, SynchronousTestCase):
         self.assertEqual(transport.value(), b"data")
         self.assertEqual(self.lines()[-1][:3], "226")
 
+    def test_idle_timeout_after_transfers(self) -> None:
+        """
+        The idle timeout, off while a transfer runs, is back after it:
+        both for one done at once and for one that waited for its data
+        connection.
+        """
+        self.public("f", b"data")
+        self.send("PASV")
+        channel, transport = self.pasv_channel()
+        self.send("RETR /public/f")
+        self.finish(channel, transport)
+        self.send("EPSV")
+        self.send("RETR /public/f")
+        self.clock.advance(self.factory.data_timeout - 1)
+        channel, transport = self.pasv_channel()
+        self.finish(channel, transport)
+        self.assertEqual(self.lines()[-1][:3], "226")
+        self.clock.advance(self.factory.idle_timeout - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.lines()[-1].startswith("421"), self.lines())
+        self.assertTrue(self.transport.disconnecting)
+
     def test_rest_beyond_end(self) -> None:
         """REST past the end of the file makes RETR fail with 554."""
         self.public("f", b"abc")
@@ -873,8 +896,9 @@ class ASCIIUploadTests(FTPTestMixin, SynchronousTestCase):
 class _Session:
     """What a L{ftp_server._DataFactory} needs of its control session."""
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: MemoryReactorClock) -> None:
         self.lost: list[object] = []
+        self.factory = FTPServerFactory(None, reactor=reactor)
 
     def data_channel_lost(self, data: object, channel: object) -> None:
         self.lost.append(channel)
@@ -888,7 +912,7 @@ class PassivePortTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
-        self.data = ftp_server._DataFactory(_Session(), "127.0.0.1")
+        self.data = ftp_server._DataFactory(_Session(self.reactor), "127.0.0.1")
         self.failures: list[Failure] = []
         self.port = ftp_server._PassivePort(self.reactor, self.data, "127.0.0.1", 0,
                                             self.failures.append)
@@ -921,6 +945,7 @@ class PassivePortTests(SynchronousTestCase):
         self.assertIsNone(self.port.socket)
         self.assertNotIn(self.port, self.reactor.readers)
         self.assertIsNone(self.data.listening_port)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_late_client(self) -> None:
         """
@@ -935,6 +960,21 @@ class PassivePortTests(SynchronousTestCase):
         self.connect()
         self.port.doRead()
         self.assertIsNotNone(self.successResultOf(d))
+        self.assertNotIn(self.port, self.reactor.readers)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_client_never_comes(self) -> None:
+        """
+        The client has C{data_timeout} from the transfer command to
+        connect; then the transfer fails and the port closes.
+        """
+        self.data.accept()
+        d = self.data.wait()
+        self.reactor.advance(self.data.session.factory.data_timeout - 1)
+        self.assertNoResult(d)
+        self.reactor.advance(2)
+        self.failureResultOf(d, error.TimeoutError)
+        self.assertIsNone(self.port.socket)
         self.assertNotIn(self.port, self.reactor.readers)
 
     def test_other_address_refused(self) -> None:
@@ -954,6 +994,29 @@ class PassivePortTests(SynchronousTestCase):
         self.connect()
         self.port.doRead()
         self.assertIsNotNone(self.data.channel)
+
+    def test_take_bare_socket(self) -> None:
+        """
+        C{take} hands over the client's waiting connection as a bare
+        non-blocking socket (no transport, no channel); a stranger's is
+        refused on the way; with nothing waiting it gives None.
+        """
+        self.assertIsNone(self.port.take())
+        thief = self.connect("127.0.0.2")
+        client = self.connect()
+        sock, peer = self.port.take()
+        self.addCleanup(sock.close)
+        self.assertEqual(peer[0], "127.0.0.1")
+        self.assertEqual(sock.getpeername(), client.getsockname())
+        self.assertFalse(sock.getblocking())
+        self.assertIsNone(self.data.channel)
+        self.reactor.advance(0)
+        try:
+            stolen = thief.recv(10)
+        except ConnectionResetError:
+            stolen = b""
+        self.assertEqual(stolen, b"")
+        self.assertIsNone(self.port.take())
 
     def test_accept_failure_fails_the_transfer(self) -> None:
         """
@@ -991,11 +1054,7 @@ class SendNowTests(SynchronousTestCase):
         self.addCleanup(self.peer.close)
         ours.setblocking(False)
         self.peer.setblocking(False)
-
-        class Transport:
-            socket = ours
-
-        self.transport = Transport()
+        self.sock = ours
 
     def drain(self) -> tuple[bytes, bool]:
         """Everything the peer can read now, and whether it saw the end."""
@@ -1011,7 +1070,7 @@ class SendNowTests(SynchronousTestCase):
 
     def test_all_sent_then_end(self) -> None:
         """What fits the socket goes at once, followed by the end (FIN)."""
-        self.assertEqual(ftp_server._send_now(self.transport, b"hello"), 5)
+        self.assertEqual(ftp_server._send_now(self.sock, b"hello"), 5)
         self.assertEqual(self.drain(), (b"hello", True))
 
     def test_partly_sent_keeps_stream_open(self) -> None:
@@ -1019,9 +1078,9 @@ class SendNowTests(SynchronousTestCase):
         When the socket takes only part, the count says how much, and the
         stream stays open for Twisted's buffer to send the rest.
         """
-        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         data = os.urandom(4 << 20)
-        sent = ftp_server._send_now(self.transport, data)
+        sent = ftp_server._send_now(self.sock, data)
         self.assertLess(sent, len(data))
         received, ended = self.drain()
         self.assertEqual(received, data[:sent])
@@ -1030,4 +1089,158 @@ class SendNowTests(SynchronousTestCase):
     def test_peer_gone(self) -> None:
         """A socket whose peer is gone takes nothing and raises nothing."""
         self.peer.close()
-        self.assertEqual(ftp_server._send_now(self.transport, b"x" * 100), 0)
+        self.assertEqual(ftp_server._send_now(self.sock, b"x" * 100), 0)
+
+
+class ReplySendTests(FTPTestMixin, SynchronousTestCase):
+    """
+    Replies on a plain TCP control connection go straight to its socket
+    (here one end of a socketpair standing in for Twisted's connection);
+    what the socket does not take goes through the transport, and so does
+    every later reply, in order.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        ours.setblocking(False)
+        self.peer.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.pushed = 0
+
+        class Connection:
+            socket = ours
+            disconnecting = False
+
+            def doWrite(conn) -> None:
+                self.pushed += 1
+
+        self.proto._control_socket = Connection()
+        self.transport.clear()
+
+    def received(self) -> bytes:
+        data = b""
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return data
+            data += chunk
+
+    def test_replies_of_one_read_in_one_send(self) -> None:
+        """Two commands in one read: both replies reach the socket together,
+        none through the transport, counted in the stats."""
+        before = self.stats["bytes_out"]
+        self.proto.dataReceived(b"NOOP\r\nSYST\r\n")
+        got = self.received()
+        self.assertEqual(got.decode().splitlines(), ["200 NOOP ok", "215 UNIX Type: L8"])
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.stats["bytes_out"] - before, len(got))
+
+    def test_backlog_goes_through_the_transport(self) -> None:
+        """A reply bigger than the socket takes: the rest, and the next
+        replies, go through the transport (pushed at once), in order."""
+        self.proto.reply_multi(214, "help", ["x" * 100] * 2000, "end")
+        direct = self.received()
+        self.assertTrue(direct.startswith(b"214-help\r\n"))
+        self.assertGreater(len(self.transport.value()), 0)
+        self.assertEqual(self.pushed, 1)
+        self.send("NOOP")
+        self.assertEqual(self.received(), b"")
+        self.assertTrue(self.transport.value().endswith(b"200 NOOP ok\r\n"))
+
+
+class _DownloadSession(_Session):
+    """What a L{ftp_server._Download} needs of its control session."""
+
+    binary = True
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self.later: list = []
+
+    def after_replies(self, work) -> None:
+        self.later.append(work)
+
+    def replies_sent(self) -> None:
+        for work in self.later:
+            work()
+
+
+class SmallFileTests(SynchronousTestCase):
+    """
+    A small binary file to a client already connected to the passive port
+    goes on the bare socket in the transfer command's turn; when the
+    socket takes only part of it, the connection gets its transport and
+    the rest follows.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.session = _DownloadSession(self.reactor)
+        self.data = ftp_server._DataFactory(self.session, "127.0.0.1")
+        self.port = ftp_server._PassivePort(self.reactor, self.data, "127.0.0.1", 0,
+                                            lambda failure: None)
+        self.data.listening_port = self.port
+        self.addCleanup(self.port.stopListening)
+
+    def download(self, content: bytes, client: socket.socket):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content)
+        client.connect(("127.0.0.1", self.port.getHost().port))
+        file = open(path, "rb")  # noqa: SIM115 - the transfer closes it
+        self.addCleanup(file.close)
+        transfer = ftp_server._Download(self.session, self.data, file, 0)
+        return transfer, transfer.run()
+
+    def client(self) -> socket.socket:
+        client = socket.socket()
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        return client
+
+    def test_bare_socket(self) -> None:
+        """226 at once, the data then the end on the client's side, no
+        transport made; the socket and the port close after the replies."""
+        content = os.urandom(3000)
+        client = self.client()
+        transfer, outcome = self.download(content, client)
+        self.assertEqual(outcome, (226,))
+        self.assertIsNone(self.data.channel)
+        self.assertTrue(transfer.file.closed)
+        self.assertIsNotNone(self.port.socket)
+        self.session.replies_sent()
+        self.assertIsNone(self.port.socket)
+        received = b""
+        while chunk := client.recv(1 << 16):
+            received += chunk
+        self.assertEqual(received, content)
+        self.assertEqual(self.session.factory.stats["bytes_out"], len(content))
+
+    def test_socket_takes_part(self) -> None:
+        """
+        A socket that takes only part (a client not reading, small
+        buffers): the connection is served a transport and the transfer
+        goes on from where the bare send stopped.
+        """
+        content = os.urandom(ftp_server.SMALL_FILE)
+        self.port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client = self.client()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        transfer, outcome = self.download(content, client)
+        self.assertIsInstance(outcome, defer.Deferred)
+        self.assertIsNotNone(self.data.channel)
+        sent_bare = self.session.factory.stats["bytes_out"]
+        self.assertGreater(transfer.offset, 0)
+        self.assertEqual(transfer.offset, sent_bare)
+        self.assertLess(sent_bare, len(content))
+        self.session.replies_sent()
+        received = b""
+        channel = self.data.channel
+        while len(received) < len(content):
+            channel.transport.doWrite()
+            received += client.recv(1 << 16)
+        self.assertEqual(received, content)
