@@ -52,13 +52,16 @@ def listen_transfer_port(
 def socket_sendto(port: Any) -> Any:
     """
     The C{sendto} of a listening port's socket, or a wrapper around
-    C{port.write} when the port has no socket (test fakes).
+    C{port.write} when the port has no socket (test fakes). The wrapper
+    writes a copy, as a socket would: a machine may refill a datagram's
+    buffer once it is acknowledged (see L{appnet.tftp.machine}).
     """
     handle = getattr(port, "getHandle", None)
     sock = handle() if handle is not None else None
     if isinstance(sock, socket.socket):
         return sock.sendto
-    return port.write
+    write = port.write
+    return lambda datagram, addr: write(bytes(datagram), addr)
 
 
 class MachineDriver(DatagramProtocol):

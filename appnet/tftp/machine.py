@@ -47,6 +47,10 @@ Driving a machine (the contract C{server.py} and C{client.py} implement)
      Call C{read_ahead()} after carrying out each batch of actions, so the
      next block is read while the peer is busy. Both are exactly
      equivalent to the general path (tests run transfers both ways).
+     A datagram from the fast path (returned, or in a later L{Send} that
+     repeats it) may be a buffer the machine refills once its block is
+     acknowledged: send it (or copy it) before the next call into the
+     machine, as a socket's C{sendto} does.
   6. Exceptions: nothing the peer sends makes a machine raise. The machine
      raises only on misuse by our own code (C{datagram_received} before
      C{start}, a source returning more than asked): those are bugs.
@@ -165,6 +169,9 @@ MAX_WINDOWSIZE = 65535
 _ERROR_MESSAGE_LIMIT = 200
 
 _DATA_OPCODE = wire.encode(Data(0, b""))[:2]
+_DATA = int.from_bytes(_DATA_OPCODE, "big")
+_DATA_HEADER = struct.Struct("!HH")
+_DATA_HEADER_SIZE = _DATA_HEADER.size
 _ACK_OPCODE = wire.encode(Ack(0))[:2]
 _BLOCK_NUMBER = struct.Struct("!H").pack
 
@@ -192,7 +199,11 @@ UNKNOWN_TID_DATAGRAM = error_datagram(ErrorCode.UNKNOWN_TID, "unknown transfer I
 
 
 class Source(Protocol):
-    """Where a L{Sender} reads the file from (a binary file object will do)."""
+    """
+    Where a L{Sender} reads the file from (a binary file object will do).
+    If it also has C{readinto(buffer) -> int}, the lock-step fast path
+    (L{Sender.read_ahead}) reads with that, straight into its datagrams.
+    """
 
     def read(self, size: int) -> bytes:
         """
@@ -366,9 +377,12 @@ class TransferStats:
 
 @dataclass(frozen=True)
 class Send:
-    """Send C{datagram} to the peer."""
+    """
+    Send C{datagram} to the peer (at once: a fast-path buffer is refilled
+    once its block is acknowledged, see the module docstring).
+    """
 
-    datagram: bytes
+    datagram: bytes | bytearray
 
 
 @dataclass(frozen=True)
@@ -821,16 +835,23 @@ class Sender(Transfer):
         self._eof = False
         # Encoded DATA datagrams for blocks base .. base + len - 1, kept for
         # retransmission; at most one window.
-        self._window: deque[bytes] = deque()
+        self._window: deque[bytes | bytearray] = deque()
         self._base = 1
         self._sent_upto = 0
         self._final: int | None = None
         self._oack = b""
         # The fast path (fast_ack): the ACK that moves a lock-step transfer
         # on, and the source's next chunk read ahead (or the OSError the
-        # read raised, raised again where the read would have been).
+        # read raised, raised again where the read would have been), with
+        # the DATA datagram fast_ack sends when that chunk is a full block.
+        # A source with readinto() reads straight into such a datagram, in
+        # one of two buffers that take turns (the spare is the one whose
+        # block was acknowledged last).
         self._fast_ack: bytes | None = None
-        self._ahead: bytes | OSError | None = None
+        self._ahead: bytes | memoryview | OSError | None = None
+        self._ahead_datagram: bytes | bytearray | None = None
+        self._readinto = getattr(source, "readinto", None)
+        self._spare: bytearray | None = None
 
     @classmethod
     def serve(
@@ -925,22 +946,19 @@ class Sender(Transfer):
         @param now: the current time in seconds.
         @return: the next DATA datagram, or C{None}.
         """
-        if datagram != self._fast_ack:
-            return None
-        ahead = self._ahead
-        blksize = self._options.blksize
-        if type(ahead) is not bytes or len(ahead) != blksize or self._pending:
+        following = self._ahead_datagram
+        if datagram != self._fast_ack or following is None:
             return None
         # _on_ack and _send_window for exactly this case.
-        self._ahead = None
-        self._file_bytes += blksize
-        self._window.popleft()
-        block = self._base = self._sent_upto = self._base + 1
+        self._ahead = self._ahead_datagram = None
+        self._file_bytes += self._options.blksize
+        acknowledged = self._window[0]
+        if type(acknowledged) is bytearray:
+            self._spare = acknowledged  # sent, acknowledged: free to refill
+        self._window[0] = following
+        self._base = self._sent_upto = self._base + 1
         self._timeouts = 0
-        number = _BLOCK_NUMBER(block & MAX_BLOCK)
-        following = _DATA_OPCODE + number + ahead
-        self._window.append(following)
-        self._fast_ack = _ACK_OPCODE + number
+        self._fast_ack = _ACK_OPCODE + following[2:4]
         self._deadline = now + self._interval
         return following
 
@@ -951,24 +969,59 @@ class Sender(Transfer):
 
         Only while the fast path is armed (lock-step, octet, more to come),
         and only the read the next block would make anyway: the file is
-        read in the same calls, in the same order, just earlier. A read
-        error is kept and raised where the read would have been.
+        read in the same order, just earlier (with C{readinto} when the
+        source has it, C{read} otherwise). A read error is kept and raised
+        where the read would have been.
+
+        The next DATA datagram is built here too, off the path from ACK to
+        DATA: with C{readinto}, the file is read straight into it, behind
+        its header, in a buffer the machine reuses once that block is
+        acknowledged (see the module docstring: carry out a L{Send} before
+        the next call into the machine).
         """
         if self._fast_ack is None or self._ahead is not None or self._eof:
             return
+        blksize = self._options.blksize
+        readinto = self._readinto
+        if readinto is None or self._pending:
+            try:
+                ahead = self._ahead = self._source.read(blksize)
+            except OSError as e:
+                self._ahead = e
+                return
+            if type(ahead) is bytes and len(ahead) == blksize and not self._pending:
+                number = _BLOCK_NUMBER((self._base + 1) & MAX_BLOCK)
+                self._ahead_datagram = _DATA_OPCODE + number + ahead
+            return
+        buffer = self._spare
+        self._spare = None
+        if buffer is None:
+            buffer = bytearray(_DATA_HEADER_SIZE + blksize)
+        payload = memoryview(buffer)[_DATA_HEADER_SIZE:]
         try:
-            self._ahead = self._source.read(self._options.blksize)
+            count = readinto(payload)
         except OSError as e:
             self._ahead = e
+            return
+        if count is None:  # nothing yet (a non-blocking source): read later
+            self._spare = buffer
+        elif count == blksize:
+            _DATA_HEADER.pack_into(buffer, 0, _DATA, (self._base + 1) & MAX_BLOCK)
+            self._ahead = payload
+            self._ahead_datagram = buffer
+        else:
+            # The end of the file (or a short read): the general path.
+            self._ahead = bytes(payload[:count])
+            self._spare = buffer
 
     def _read_chunk(self, size: int) -> bytes:
         ahead = self._ahead
         if ahead is None:
             return self._source.read(size)
-        self._ahead = None
+        self._ahead = self._ahead_datagram = None
         if isinstance(ahead, OSError):
             raise ahead
-        return ahead
+        return bytes(ahead)  # a memoryview after readinto; no copy of bytes
 
     def _close(self) -> Close:
         self._fast_ack = None

@@ -15,7 +15,8 @@ Clients and options (the issue's matrix):
 
 With C{--reactor-too}, a second appnet runs with C{[tftp] threads = 0}
 (every transfer on the Twisted reactor, the path before transfer threads)
-as one more column.
+as one more column; with C{--baseline DIR}, one more appnet runs from
+another checkout (say an export of an earlier commit) as C{appnet-baseline}.
 
 Every download is checked (size and SHA-256) and bounded by C{--timeout};
 every server is stopped at the end. With C{--runs N}, N rounds run one
@@ -26,6 +27,10 @@ the repository root::
 
     python bench/tftp/run.py [--size-mib 64] [--runs 3] [--reactor-too]
                              [--tftpy-python /path/to/python]
+                             [--case "blksize 1468" --case ...]
+
+C{--case} keeps only the cases whose options are given exactly (as in the
+table's "options" column); several may be given.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -93,10 +99,14 @@ def wait_for_udp_server(port: int, deadline: float) -> None:
     raise RuntimeError(f"no TFTP server answered on port {port}")
 
 
-def start_appnet(data_dir: str, port: int, tftp_config: str = "") -> subprocess.Popen:
-    """C{twistd appnet-tftp}, with C{tftp_config} as the C{[tftp]} section of its config."""
+def start_appnet(data_dir: str, port: int, tftp_config: str = "",
+                 repo_root: str = REPO_ROOT) -> subprocess.Popen:
+    """
+    C{twistd appnet-tftp} from the checkout at C{repo_root}, with
+    C{tftp_config} as the C{[tftp]} section of its config.
+    """
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    env = dict(os.environ, PYTHONPATH=repo_root)
     config = os.path.join(data_dir, f"appnet-{port}.toml")
     with open(config, "w") as f:
         f.write(f"[tftp]\n{tftp_config}\n")
@@ -131,10 +141,34 @@ def download(client: str, options: list[str], port: int, name: str, target: str,
         argv += ["-g", "-r", name, "-l", target, "127.0.0.1", str(port)]
     if os.path.exists(target):
         os.unlink(target)
+    return timed_run(argv, timeout)
+
+
+def timed_run(argv: list[str], timeout: float) -> float:
+    """
+    Run C{argv} to its end; its wall time in seconds.
+
+    The wait is a plain blocking C{waitpid}: C{subprocess.run(timeout=...)}
+    polls for the child's exit with sleeps that grow to 50 ms, which rounds
+    a 100 ms download up to 114 ms and a 115 ms one up to 164 ms (this is
+    what made blksize 65464 downloads look like "115 or 165 ms"). The
+    timeout is a timer that kills the child.
+
+    @raise subprocess.TimeoutExpired: the child ran for C{timeout} seconds
+    """
     started = time.perf_counter()
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=timeout, check=False)
-    return time.perf_counter() - started
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        process.wait()
+    finally:
+        watchdog.cancel()
+    elapsed = time.perf_counter() - started
+    if elapsed >= timeout:
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return elapsed
 
 
 def sha256(path: str) -> str:
@@ -154,7 +188,13 @@ def main() -> int:
                         help="interleaved rounds; each cell reports its median (default 1)")
     parser.add_argument("--reactor-too", action="store_true",
                         help="also run appnet with every transfer on the reactor (threads = 0)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run appnet from the checkout in DIR (as appnet-baseline)")
+    parser.add_argument("--case", action="append", metavar="OPTIONS",
+                        choices=[label for _, label, _ in CASES],
+                        help="run only this case (repeatable), e.g. 'blksize 1468'")
     args = parser.parse_args()
+    cases = [case for case in CASES if not args.case or case[1] in args.case]
     size = args.size_mib << 20
     work = tempfile.mkdtemp(prefix="tftp-bench-")
     try:
@@ -177,11 +217,15 @@ def main() -> int:
         if args.reactor_too:
             servers.append(("appnet-reactor",
                             lambda port: start_appnet(appnet_data, port, "threads = 0")))
+        if args.baseline:
+            baseline = os.path.abspath(args.baseline)
+            servers.append(("appnet-baseline",
+                            lambda port: start_appnet(appnet_data, port, repo_root=baseline)))
         servers.append(("tftpd-hpa", lambda port: start_tftpd_hpa(hpa_root, port)))
         if args.tftpy_python:
             servers.append(("tftpy", lambda port: start_tftpy(args.tftpy_python, hpa_root, port)))
         results = {(client, label, name): Result(name, client, label, [])
-                   for client, label, _ in CASES for name, _ in servers}
+                   for client, label, _ in cases for name, _ in servers}
         # The client writes into memory where it can (/dev/shm): 64 MiB of
         # dirty pages on disk made atftp stall in writeback throttling now
         # and then (a whole 50 ms on a 115 ms download), whichever server it
@@ -201,7 +245,7 @@ def main() -> int:
                 wait_for_udp_server(port, time.monotonic() + 30)
             for round_number in range(max(1, args.runs)):
                 order = running if round_number % 2 == 0 else running[::-1]
-                for client, label, options in CASES:
+                for client, label, options in cases:
                     for server_name, port, _ in order:
                         if server_name == "tftpy" and "65464" in label:
                             continue  # keep the slowest server's run bounded
@@ -238,7 +282,7 @@ def main() -> int:
             " | ".join(f"appnet / {name}" for name in others) + " |"
         print(header)
         print("|" + "---|" * (3 + 2 * len(others)))
-        for client, label, _ in CASES:
+        for client, label, _ in cases:
             row = {name: results[(client, label, name)] for name, _ in servers}
             ours = row.get("appnet")
             cells = [client, label, _fmt(ours, size)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -109,6 +110,31 @@ class LockStepEquivalenceTests(EquivalenceTestCase):
         self.assertGreater(network.fast_hits, 65_536)
         numbers = [wire.decode(d).block for d in network.server.sent if d[1] == 3]
         self.assertIn(0, numbers)
+
+    def test_source_without_readinto(self) -> None:
+        """A source with only C{read} takes the fast path too (its reads build the datagrams)."""
+        data = payload(20_000, 10)
+
+        class ReadOnly:
+            def __init__(self) -> None:
+                self._file = io.BytesIO(data)
+
+            def read(self, size: int) -> bytes:
+                return self._file.read(size)
+
+        def run(fast: bool) -> tuple[Network, bytes]:
+            sink = io.BytesIO()
+            client = Receiver.get("f", sink)
+
+            def make_server(request: wire.Packet) -> Transfer:
+                assert isinstance(request, ReadRequest)
+                return Sender.serve(request, ReadOnly())
+
+            return Network(client, make_server, no_fault, fast).run(), sink.getvalue()
+
+        network, received = self.assertSameRun(run)
+        self.assertEqual(received, data)
+        self.assertGreater(network.fast_hits, 30)
 
     def test_client_put(self) -> None:
         """A client's upload is a sender too."""
@@ -214,6 +240,9 @@ class NotTakenTests(EquivalenceTestCase):
             def read(self, size: int = -1) -> bytes:
                 return super().read(min(size, 300))
 
+            def readinto(self, buffer: Any) -> int:
+                return super().readinto(memoryview(buffer)[:300])
+
         def run(fast: bool) -> tuple[Network, bytes]:
             sink = io.BytesIO()
             client = Receiver.get("f", sink)
@@ -238,11 +267,18 @@ class NotTakenTests(EquivalenceTestCase):
         class Failing(io.BytesIO):
             reads = 0
 
-            def read(self, size: int = -1) -> bytes:
+            def _count(self) -> None:
                 self.reads += 1
                 if self.reads == 6:
                     raise OSError(errno.EIO, "I/O error")
+
+            def read(self, size: int = -1) -> bytes:
+                self._count()
                 return super().read(size)
+
+            def readinto(self, buffer: Any) -> int:
+                self._count()
+                return super().readinto(buffer)
 
         def run(fast: bool) -> tuple[Network, bytes]:
             sink = io.BytesIO()
@@ -269,6 +305,27 @@ class FastAckTests(SynchronousTestCase):
         self.data = payload(512 * 4 + 10)
         self.machine = Sender.serve(ReadRequest("f", Mode.OCTET, {}), io.BytesIO(self.data))
         self.machine.start(0.0)  # DATA 1
+
+    def test_buffers_take_turns(self) -> None:
+        """
+        With a source that has C{readinto}, the fast path reads into two
+        buffers in turn: the one refilled is always the one whose block was
+        acknowledged, never the one in flight.
+        """
+        data = payload(512 * 8)
+        machine = Sender.serve(ReadRequest("f", Mode.OCTET, {}), io.BytesIO(data))
+        machine.start(0.0)
+        machine.read_ahead()
+        sent = []
+        for block in range(1, 6):
+            following = machine.fast_ack(encode(Ack(block)), 0.1 * block)
+            self.assertEqual(following, encode(Data(block + 1, data[block * 512:(block + 1) * 512])))
+            sent.append(following)
+            machine.read_ahead()
+            # The datagram in flight is intact after the next read-ahead.
+            self.assertEqual(following[2:4], (block + 1).to_bytes(2, "big"))
+        self.assertEqual(len({id(d) for d in sent[1:]}), 2)
+        self.assertIsNot(sent[-1], sent[-2])
 
     def test_needs_read_ahead(self) -> None:
         """Without the next block read ahead, the fast path declines."""

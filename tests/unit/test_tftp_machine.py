@@ -232,6 +232,9 @@ class Network:
         self._read_ahead(endpoint)
 
     def _perform(self, endpoint: Endpoint, actions: list[Action]) -> None:
+        # A driver sends at once, and a socket copies: the fast path may
+        # refill a sent datagram's buffer once its block is acknowledged.
+        actions = [Send(bytes(a.datagram)) if isinstance(a, Send) else a for a in actions]
         endpoint.actions.extend(actions)
         for i, action in enumerate(actions):
             if isinstance(action, Send):
