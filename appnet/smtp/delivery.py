@@ -48,6 +48,7 @@ __all__ = [
     "TraceInfo",
     "new_message_id",
     "received_header",
+    "rfc5322_now",
     "submission_headers",
 ]
 
@@ -90,6 +91,20 @@ class TraceInfo:
 
 
 _counter = 0
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def rfc5322_now() -> str:
+    """
+    Now as an RFC 5322 date-time in local time (C{Received:}, C{Date:}).
+    Formatted once per second: C{formatdate} cost a tenth of the session's
+    CPU per message under load.
+    """
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return _date_cache[1]
 
 
 def new_message_id() -> str:
@@ -113,7 +128,7 @@ def received_header(trace: TraceInfo, hostname: str, recipients: list[Recipient]
     )
     if len(recipients) == 1:
         field += f"\r\n\tfor <{recipients[0].address}>"
-    field += f";\r\n\t{email.utils.formatdate(localtime=True)}\r\n"
+    field += f";\r\n\t{rfc5322_now()}\r\n"
     return field.encode("utf-8")
 
 
@@ -133,7 +148,7 @@ def submission_headers(message: bytes, hostname: str) -> bytes:
     if b"\r\nmessage-id:" not in head:
         added += b"Message-ID: " + email.utils.make_msgid(domain=hostname).encode() + b"\r\n"
     if b"\r\ndate:" not in head:
-        added += b"Date: " + email.utils.formatdate(localtime=True).encode() + b"\r\n"
+        added += b"Date: " + rfc5322_now().encode() + b"\r\n"
     return added
 
 

@@ -804,3 +804,26 @@ class ConfigTests(SynchronousTestCase):
                     with self.assertRaises(ConfigError) as e:
                         load_config(overrides={"smtp": {key: value}})
                     self.assertIn(f"smtp.{key}", str(e.exception))
+
+
+class DateTests(SynchronousTestCase):
+    """L{rfc5322_now} formats the current second, and only once per second."""
+
+    def test_now(self) -> None:
+        import email.utils
+
+        from appnet.smtp import delivery
+
+        calls: list[object] = []
+        real = email.utils.formatdate
+        self.patch(delivery.email.utils, "formatdate",
+                   lambda *a, **k: calls.append(a) or real(*a, **k))
+        self.patch(delivery, "_date_cache", (-1, ""))
+        seconds = iter([1_800_000_000.1, 1_800_000_000.9, 1_800_000_001.2])
+        self.patch(delivery.time, "time", lambda: next(seconds))
+        first, second, third = delivery.rfc5322_now(), delivery.rfc5322_now(), delivery.rfc5322_now()
+        self.assertEqual(first, second)
+        self.assertNotEqual(second, third)
+        self.assertEqual(len(calls), 2)
+        parsed = email.utils.parsedate_to_datetime(third)
+        self.assertEqual(parsed.timestamp(), 1_800_000_001)
