@@ -12,6 +12,8 @@ Each server is started here on a free port on 127.0.0.1:
    C{alice}; every accepted message is durable before the 250 (its record
    in the mailbox journal flushed; see docs/smtp.md, Durability) and in
    C{alice}'s Maildir just after;
+ - appnet-fsync: the same with C{[mail] journal = false}: each message
+   written to C{tmp/} and fsynced, renamed, C{new/} fsynced (per batch);
  - aiosmtpd: C{aiosmtpd_server.py}, each message written to its own file
    (no fsync);
  - Twisted stock: C{twisted_stock.tac}, C{twisted.mail}'s Maildir domain
@@ -92,12 +94,21 @@ class Server:
                 self.proc.wait()
             self.log.close()
 
-    def collect(self) -> int | None:
-        """Count the messages that arrived and move them aside (see the docstring)."""
+    def collect(self, expected: int) -> int | None:
+        """
+        Count the messages that arrived and move them aside (see the
+        docstring). appnet writes a file just after its 250 (the journal
+        made it durable first): wait up to 10 s for C{expected} files.
+        """
         spool = self.spool()
         if spool is None:
             return None
-        names = [n for n in os.listdir(spool) if not n.startswith(".")]
+        deadline = time.monotonic() + 10
+        while True:
+            names = [n for n in os.listdir(spool) if not n.startswith(".")]
+            if len(names) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         st = os.stat(spool)
         self.collected = getattr(self, "collected", 0) + 1
         os.rename(spool, os.path.join(self.work, f"collected-{self.collected}"))
@@ -109,6 +120,7 @@ class Server:
 
 class Appnet(Server):
     name = "appnet"
+    journal = True
 
     def command(self):
         data = os.path.join(self.work, "data")
@@ -119,6 +131,7 @@ class Appnet(Server):
                 f'listen = ["tcp:{self.port}:interface={HOST}"]\n'
                 "listen_tls = []\n"
                 "submission_listen = []\n"
+                f"[mail]\njournal = {'true' if self.journal else 'false'}\n"
             )
         subprocess.run(
             [sys.executable, "-m", "appnet.cli", "--data", data, "user", "add", USER],
@@ -129,6 +142,13 @@ class Appnet(Server):
 
     def spool(self):
         return os.path.join(self.work, "data", "mail", USER, "new")
+
+
+class AppnetFsync(Appnet):
+    """appnet without the mailbox journal: file and directory fsynced per batch."""
+
+    name = "appnet-fsync"
+    journal = False
 
 
 class Aiosmtpd(Server):
@@ -180,7 +200,7 @@ class SmtpSink(Server):
         return None
 
 
-SERVERS = (Appnet, Aiosmtpd, TwistedStock, SmtpSinkDump, SmtpSink)
+SERVERS = (Appnet, AppnetFsync, Aiosmtpd, TwistedStock, SmtpSinkDump, SmtpSink)
 
 
 def run_source(server: Server, messages: int, sessions: int, size: int) -> float:
@@ -224,12 +244,12 @@ def main() -> int:
             s.start()
         for s in servers:  # warm-up, not counted
             run_source(s, min(500, args.messages), args.sessions, args.size)
-            s.collect()
+            s.collect(min(500, args.messages))
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
                 rate = run_source(s, args.messages, args.sessions, args.size)
-                arrived = s.collect()
+                arrived = s.collect(args.messages)
                 if arrived is not None and arrived != args.messages:
                     raise RuntimeError(f"{s.name}: {arrived} of {args.messages} messages on disk")
                 rates[s.name].append(rate)
