@@ -852,7 +852,10 @@ class MaildirStore:
         once its own file and the directory entry naming it are durable.
         With the journal open, a batch is instead one append and
         C{fdatasync} of the journal, then the renames (see
-        L{appnet.mailbox.journal}).
+        L{appnet.mailbox.journal}); a delivery with C{assign_uid=False} and
+        no flags (SMTP's) fires right after that flush, and its file is
+        written into C{new/} by a job that follows: this store's readers
+        wait for it, other processes see it a moment later.
 
         With C{assign_uid=False} (SMTP, which has no use for the UID) the
         UID list is left to the next scan, as for mail any other delivery
