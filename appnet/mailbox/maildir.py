@@ -750,7 +750,8 @@ class MaildirStore:
             callable means no quotas
         @param run_blocking: C{run_blocking(f, *args)} runs blocking work
             and returns a Deferred of its result; default
-            L{twisted.internet.threads.deferToThread}
+            L{appnet.workers.shared_workers} (threads of our own: lighter
+            than Twisted's pool on this path)
         @param hostname: host name for new file names; default
             L{socket.gethostname}
         @param user_exists: tells L{deliver} whether an account exists;
@@ -759,8 +760,8 @@ class MaildirStore:
         self.root = os.path.realpath(os.fspath(root))
         self._quota_for = quota_for
         if run_blocking is None:
-            from twisted.internet.threads import deferToThread
-            run_blocking = deferToThread
+            from appnet.workers import shared_workers
+            run_blocking = shared_workers()
         self._run_blocking = run_blocking
         self.hostname = escape_hostname(hostname or socket.gethostname())
         self._user_exists = user_exists
