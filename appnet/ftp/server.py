@@ -73,7 +73,7 @@ from appnet.filesystem import (
     normalize_virtual,
 )
 from appnet.lines import BoundedLines
-from appnet.sockets import plain_tcp
+from appnet.sockets import ReplySender, plain_tcp
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript, redact_words
 
@@ -846,8 +846,8 @@ class FTPServer(BoundedLines, _tftp.FTP):
     _transfer: Any = None
     _data: _DataFactory | None = None
     _control_socket: Any = None
+    _replies_out: Any = None
     _reading = False
-    _direct = True
 
     # -- connection ----------------------------------------------------------
 
@@ -862,6 +862,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         self.timeOut = f.idle_timeout
         self.callLater = f.reactor.callLater
         self._control_socket = None if f.implicit_tls else plain_tcp(self.transport)
+        self._replies_out = ReplySender(self.transport, f.stats)
         # Asked once: PASV/EPSV/PORT need them for every transfer.
         self._local_host = self.transport.getHost().host
         self._local_ip = _ip(self._local_host)
@@ -957,30 +958,10 @@ class FTPServer(BoundedLines, _tftp.FTP):
 
     def _send(self, data: bytes) -> None:
         """
-        Send replies on the control connection. On plain TCP with nothing
-        of ours in Twisted's write buffer they go straight to the socket
-        (Twisted's buffer would cost two C{epoll_ctl} calls and its write
-        path per reply), counted in the service's stats as appnet's
-        connection guard counts what passes it. Otherwise, and for what the
-        socket does not take (from then on the session's replies queue
-        behind it, in order), they go through the transport; on plain TCP
-        pushed at once with the reactor's own C{doWrite}, which on failure
-        leaves the descriptor registered so that the reactor's next call
-        reports it.
+        Send replies on the control connection: straight to the socket on
+        plain TCP (L{appnet.sockets.ReplySender}).
         """
-        sock = self._control_socket
-        sent = 0
-        if sock is not None and self._direct and not sock.disconnecting:
-            try:
-                sent = sock.socket.send(data)
-            except OSError:
-                pass  # Twisted's write path meets the error again and reports it.
-            self.factory.stats.incr("bytes_out", sent)
-        if sent < len(data):
-            self._direct = False
-            self.transport.write(data[sent:])
-            if sock is not None and not sock.disconnecting:
-                sock.doWrite()
+        self._replies_out.send(data)
 
     def after_replies(self, work: Callable[[], None]) -> None:
         """
@@ -1200,6 +1181,7 @@ class FTPServer(BoundedLines, _tftp.FTP):
         self.transport.startTLS(self.factory.tls_options)
         self._tls = True
         self._control_socket = None
+        self._replies_out.tls_started()
         if self.transcript is not None:
             self.transcript.event("TLS started on the control connection")
         # RFC 4217 section 4: AUTH resets the session to just-connected.

@@ -52,7 +52,7 @@ from appnet.smtp.delivery import (
     received_header,
     submission_headers,
 )
-from appnet.sockets import plain_tcp, push
+from appnet.sockets import ReplySender
 from appnet.stats import ServiceStats
 from appnet.transcript import Transcript
 
@@ -220,7 +220,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
 
     factory: SMTPServerFactory
     transcript: Transcript | None = None
-    _tcp: Any = None  # the plain TCP connection under the transport (appnet.sockets)
+    _replies_out: Any = None  # appnet.sockets.ReplySender
 
     def __init__(self) -> None:
         self._mode = LINE
@@ -247,7 +247,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
         f = self.factory
         self.callLater = f.reactor.callLater
         self._tls = f.implicit_tls
-        self._tcp = plain_tcp(self.transport)
+        self._replies_out = ReplySender(self.transport, f.stats)
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, NotImplementedError, OSError):
@@ -306,10 +306,9 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
     def _flush(self) -> None:
         if self._out:
             out, self._out = self._out, []
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             # The client waits for these replies: send them now, not at
-            # the reactor's next turn.
-            push(self._tcp)
+            # the reactor's next turn (straight to the socket on plain TCP).
+            self._replies_out.send(out[0] if len(out) == 1 else b"".join(out))
 
     # -- input --------------------------------------------------------------
 
@@ -475,6 +474,7 @@ class SMTPServer(BoundedLines, TimeoutMixin, protocol.Protocol):
             self._helo, self._esmtp, self._txn, self._user = None, False, None, None
             self.transport.startTLS(self.factory.tls_options)
             self._tls = True
+            self._replies_out.tls_started()
             if self.transcript is not None:
                 self.transcript.event("TLS started; the rest is encrypted")
 

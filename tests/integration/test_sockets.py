@@ -1,7 +1,8 @@
 """
 L{appnet.sockets} on real loopback connections: L{plain_tcp} finds the TCP
 connection under the connection guard's wrapper and refuses TLS; L{push}
-sends at once what Twisted would send at its next turn.
+sends at once what Twisted would send at its next turn; L{ReplySender}
+writes straight to the socket, counted, and through the transport under TLS.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from appnet.sockets import plain_tcp, push
+from appnet.sockets import ReplySender, plain_tcp, push
 from appnet.stats import GuardedFactory, ServiceStats
 
 
@@ -28,7 +29,7 @@ class _Client(protocol.Protocol):
         self.received += data
 
 
-class PlainTCPTests(TestCase):
+class _Connected(TestCase):
     async def connect(self, wrap) -> protocol.Protocol:
         server = protocol.ServerFactory.forProtocol(_Server)
         server.made = defer.Deferred()
@@ -42,6 +43,8 @@ class PlainTCPTests(TestCase):
         self.addCleanup(proto.transport.loseConnection)
         return proto
 
+
+class PlainTCPTests(_Connected):
     async def test_under_guard(self) -> None:
         """Through the guard's wrapper: the TCP connection; push sends at once."""
         proto = await self.connect(lambda f: GuardedFactory(f, ServiceStats("t")))
@@ -74,3 +77,31 @@ class PlainTCPTests(TestCase):
         """A StringTransport is not TCP: None, and push(None) does nothing."""
         self.assertIsNone(plain_tcp(StringTransport()))
         push(None)
+
+
+class ReplySenderTests(_Connected):
+    async def test_straight_to_the_socket(self) -> None:
+        """On plain TCP a reply bypasses Twisted's buffer and is counted."""
+        stats = ServiceStats("t")
+        proto = await self.connect(lambda f: GuardedFactory(f, stats))
+        sender = ReplySender(proto.transport, stats)
+        connection = plain_tcp(proto.transport)
+        sender.send(b"250 ok\r\n")
+        self.assertEqual((connection._tempDataBuffer, connection.dataBuffer), ([], b""))
+        self.assertEqual(stats["bytes_out"], len(b"250 ok\r\n"))
+
+    async def test_after_tls_through_the_transport(self) -> None:
+        """Once TLS started, replies go to the transport (which encrypts them)."""
+        proto = await self.connect(lambda f: f)
+        sender = ReplySender(proto.transport, ServiceStats("t"))
+        sender.tls_started()
+        written: list[bytes] = []
+        self.patch(proto.transport, "write", written.append)
+        sender.send(b"250 ok\r\n")
+        self.assertEqual(written, [b"250 ok\r\n"])
+
+    def test_memory_transport(self) -> None:
+        """Not TCP: through the transport."""
+        transport = StringTransport()
+        ReplySender(transport, ServiceStats("t")).send(b"220 hi\r\n")
+        self.assertEqual(transport.value(), b"220 hi\r\n")

@@ -30,6 +30,7 @@ from appnet.filesystem import FileInfo, FileStore
 from appnet.ftp import server as ftp_server
 from appnet.ftp.server import FTPServerFactory, list_line, mlsx_facts
 from appnet.ftp.shell import FTPShell, shell_factory
+from appnet.sockets import ReplySender
 from appnet.stats import ServiceStats
 
 #: Strings that try to leave the avatar's root, as clients send them.
@@ -1113,11 +1114,15 @@ class ReplySendTests(FTPTestMixin, SynchronousTestCase):
         class Connection:
             socket = ours
             disconnecting = False
+            TLS = False
 
             def doWrite(conn) -> None:
                 self.pushed += 1
 
         self.proto._control_socket = Connection()
+        self.proto._replies_out = ReplySender(self.transport, self.proto.factory.stats)
+        self.proto._replies_out.tcp = Connection()
+        self.proto._replies_out._direct = True
         self.transport.clear()
 
     def received(self) -> bytes:
