@@ -23,7 +23,7 @@ from appnet.accounts import AccountChecker, AccountDatabase, AppnetRealm, make_p
 from appnet.config import SERVICES, Config
 from appnet.stats import GuardedFactory, StatsRegistry
 
-__all__ = ["AppnetContext", "ListenerService", "MailJournalService", "DatagramListenerService", "make_service", "listen", "listening_ports"]
+__all__ = ["AppnetContext", "DatagramListenerService", "ListenerService", "MailJournalService", "listen", "listening_ports", "make_service"]
 
 _log = Logger()
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import SkipTest
@@ -98,3 +99,19 @@ def run_process(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+class ManualRunner:
+    """A C{run_blocking} that queues the work until the test runs it."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        defer.maybeDeferred(f, *args).chainDeferred(d)

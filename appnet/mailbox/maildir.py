@@ -101,12 +101,17 @@ from appnet.mailbox.filenames import (
     sizes_from_key,
     split_name,
 )
-from appnet.mailbox.journal import DELIVERED, DeliveryJournal, Record, write_message_file
 from appnet.mailbox.interfaces import (
     IFolder,
-    IMaildropLock,
     IMailboxStore,
+    IMaildropLock,
     MessageInfo,
+)
+from appnet.mailbox.journal import (
+    DELIVERED,
+    DeliveryJournal,
+    Record,
+    write_message_file,
 )
 from appnet.mailbox.names import (
     INBOX,
@@ -1332,8 +1337,8 @@ def _ensure_maildir(path: str) -> None:
 
 
 __all__ = [
+    "MAILDROP_LOCK_FILE",
     "MaildirFolder",
     "MaildirMaildropLock",
     "MaildirStore",
-    "MAILDROP_LOCK_FILE",
 ]

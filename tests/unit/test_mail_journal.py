@@ -31,6 +31,7 @@ from appnet.mailbox.journal import (
     encode_record,
     message_identity,
 )
+from tests.support import ManualRunner
 
 paths = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 records = st.builds(Record, st.sampled_from([DELIVERED, EXPUNGED]), paths,
@@ -300,22 +301,6 @@ class JournalledStoreTests(SynchronousTestCase):
         self.assertEqual(fsynced, ["file", "new"])
         self.assertEqual(self.store.journal.pending(["alice/new/" + n for n in os.listdir(self.new())]),
                          ["alice/new/" + n for n in os.listdir(self.new()) if "S=6," in n])
-
-
-class ManualRunner:
-    """A C{run_blocking} that queues the work until the test runs it."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.jobs.append((f, args, d))
-        return d
-
-    def run_next(self) -> None:
-        f, args, d = self.jobs.pop(0)
-        defer.maybeDeferred(f, *args).chainDeferred(d)
 
 
 class AcknowledgedBeforeVisibleTests(SynchronousTestCase):

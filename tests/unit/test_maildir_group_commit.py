@@ -17,22 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from appnet.errors import QuotaExceeded
 from appnet.mailbox import MaildirStore, maildir, uidlist
 from appnet.mailbox.uidlist import UIDLIST_FILE
-
-
-class ManualRunner:
-    """A C{run_blocking} that queues the work until the test runs it."""
-
-    def __init__(self) -> None:
-        self.jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.jobs.append((f, args, d))
-        return d
-
-    def run_next(self) -> None:
-        f, args, d = self.jobs.pop(0)
-        defer.maybeDeferred(f, *args).chainDeferred(d)
+from tests.support import ManualRunner
 
 
 class GroupCommitTests(SynchronousTestCase):
