@@ -14,14 +14,16 @@ later, many at a time, by one C{syncfs} (a I{checkpoint}).
 
 Order of one batch
 ==================
-    1. each message is written to C{tmp/} (not fsynced);
-    2. one record per message (its path below the store root, its mtime,
+    1. one record per message (its path below the store root, its mtime,
        its bytes) is appended to the current segment, then C{fdatasync};
-    3. the C{tmp/} files are renamed into C{new/} (or C{cur/});
-    4. only then does the delivery report success.
+    2. the files are put in place without fsync: written to C{tmp/} and
+       renamed into C{new/} (or C{cur/}).
 
-Every message visible in a maildir and not yet checkpointed therefore has a
-durable record: after a crash, L{DeliveryJournal.open} replays the segments
+The store (L{appnet.mailbox.maildir}) reports SMTP's deliveries as done
+after step 1 and does step 2 in a job that follows; other deliveries write
+to C{tmp/} before step 1 and report after step 2. Either way no file is
+visible in a maildir before its record is durable, so every message there
+not yet checkpointed has a durable record: after a crash, L{DeliveryJournal.open} replays the segments
 and rewrites any file that is missing or whose bytes differ (a power cut
 can leave a renamed file empty), then syncs the filesystem and removes the
 segments. A record cut short by the crash fails its CRC and ends the replay:
@@ -31,9 +33,10 @@ Checkpoints
 ===========
 L{DeliveryJournal.checkpoint} seals the current segment once it is older
 than C{max_age} seconds or larger than L{DeliveryJournal.SEGMENT_BYTES},
-waits until every batch written to it has renamed its files, calls
+waits until every batch written to it has put its files in place, calls
 C{syncfs(2)} on the store's filesystem (C{os.sync} where there is none),
-then deletes the sealed segments and fsyncs the journal directory.
+then retires the sealed segments (kept as spares, see I{Files}) and fsyncs
+the journal directory.
 
 Expunged messages
 =================
