@@ -180,6 +180,7 @@ class AccountDatabase:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._accounts: dict[str, Account] = {}
+        self._current: tuple[tuple[int, int, int] | None, dict[str, Account]] = (None, {})
 
     def _load(self) -> dict[str, Account]:
         """Return the accounts, re-reading the file if it changed."""
@@ -187,8 +188,12 @@ class AccountDatabase:
             st = os.stat(self.path)
         except FileNotFoundError:
             self._stamp, self._accounts = None, {}
+            self._current = (None, self._accounts)
             return self._accounts
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        current = self._current
+        if current[0] == stamp:
+            return current[1]  # unchanged: no lock (SMTP asks per recipient)
         with self._lock:
             if stamp != self._stamp:
                 with open(self.path, "rb") as f:
@@ -198,6 +203,9 @@ class AccountDatabase:
                     for name, entry in raw.get("users", {}).items()
                 }
                 self._stamp = stamp
+                # One tuple, replaced whole: a reader without the lock sees
+                # a stamp with the accounts read for it.
+                self._current = (stamp, self._accounts)
             return self._accounts
 
     def _save(self, accounts: dict[str, Account]) -> None:
