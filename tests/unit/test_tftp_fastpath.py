@@ -82,6 +82,24 @@ class EquivalenceTestCase(SynchronousTestCase):
         self.assertEqual(slow.fast_hits, 0)
         return fast, fast_received
 
+    def assertSameDownload(self, source: Any) -> tuple[Network, bytes]:
+        """
+        L{assertSameRun} for a client's plain download served from
+        C{source()} (a new file-like object per run).
+        """
+
+        def run(fast: bool) -> tuple[Network, bytes]:
+            sink = io.BytesIO()
+            client = Receiver.get("f", sink)
+
+            def make_server(request: wire.Packet) -> Transfer:
+                assert isinstance(request, ReadRequest)
+                return Sender.serve(request, source())
+
+            return Network(client, make_server, no_fault, fast).run(), sink.getvalue()
+
+        return self.assertSameRun(run)
+
 
 class LockStepEquivalenceTests(EquivalenceTestCase):
     """Lock-step downloads and uploads: the fast path's home."""
@@ -122,17 +140,7 @@ class LockStepEquivalenceTests(EquivalenceTestCase):
             def read(self, size: int) -> bytes:
                 return self._file.read(size)
 
-        def run(fast: bool) -> tuple[Network, bytes]:
-            sink = io.BytesIO()
-            client = Receiver.get("f", sink)
-
-            def make_server(request: wire.Packet) -> Transfer:
-                assert isinstance(request, ReadRequest)
-                return Sender.serve(request, ReadOnly())
-
-            return Network(client, make_server, no_fault, fast).run(), sink.getvalue()
-
-        network, received = self.assertSameRun(run)
+        network, received = self.assertSameDownload(ReadOnly)
         self.assertEqual(received, data)
         self.assertGreater(network.fast_hits, 30)
 
@@ -243,17 +251,7 @@ class NotTakenTests(EquivalenceTestCase):
             def readinto(self, buffer: Any) -> int:
                 return super().readinto(memoryview(buffer)[:300])
 
-        def run(fast: bool) -> tuple[Network, bytes]:
-            sink = io.BytesIO()
-            client = Receiver.get("f", sink)
-
-            def make_server(request: wire.Packet) -> Transfer:
-                assert isinstance(request, ReadRequest)
-                return Sender.serve(request, Trickle(data))
-
-            return Network(client, make_server, no_fault, fast).run(), sink.getvalue()
-
-        network, received = self.assertSameRun(run)
+        network, received = self.assertSameDownload(lambda: Trickle(data))
         self.assertEqual(received, data)
         self.assertEqual(network.fast_hits, 0)
 
@@ -280,17 +278,7 @@ class NotTakenTests(EquivalenceTestCase):
                 self._count()
                 return super().readinto(buffer)
 
-        def run(fast: bool) -> tuple[Network, bytes]:
-            sink = io.BytesIO()
-            client = Receiver.get("f", sink)
-
-            def make_server(request: wire.Packet) -> Transfer:
-                assert isinstance(request, ReadRequest)
-                return Sender.serve(request, Failing(data))
-
-            return Network(client, make_server, no_fault, fast).run(), sink.getvalue()
-
-        network, received = self.assertSameRun(run)
+        network, received = self.assertSameDownload(lambda: Failing(data))
         self.assertEqual(received, data[:5 * 512])
         self.assertIsInstance(network.server.error, LocalIOError)
         failed = [a for a in network.server.actions if isinstance(a, Failed)]
