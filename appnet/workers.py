@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-__all__ = ["Workers", "shared_workers"]
+__all__ = ["Workers", "shared_workers", "shared_writer"]
 
 
 class Workers:
@@ -88,6 +88,7 @@ class Workers:
 
 
 _shared: Workers | None = None
+_writer: Workers | None = None
 
 
 def shared_workers() -> Workers:
@@ -96,3 +97,15 @@ def shared_workers() -> Workers:
     if _shared is None:
         _shared = Workers()
     return _shared
+
+
+def shared_writer() -> Workers:
+    """
+    The process's one single-thread L{Workers} for mailbox deliveries on the
+    global reactor (made on first use): jobs run one at a time, in the
+    order they were given.
+    """
+    global _writer
+    if _writer is None:
+        _writer = Workers(count=1, name="appnet-mail-writer")
+    return _writer

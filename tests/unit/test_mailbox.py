@@ -725,6 +725,30 @@ class MaildirStoreTests(MailboxStoreTestsMixin, SynchronousTestCase):
                             run_blocking=inline, hostname="test.host",
                             user_exists=user_exists)
 
+    def test_runners(self) -> None:
+        """
+        By default reads run on the shared pool and deliveries on the one
+        shared writer thread; a store given C{run_blocking} alone runs
+        both with it, and C{run_writes} overrides the second.
+        """
+        from appnet.workers import shared_workers, shared_writer
+
+        store = MaildirStore(self.mktemp())
+        self.assertIs(store._run_blocking, shared_workers())
+        self.assertIs(store._run_writes, shared_writer())
+        store = MaildirStore(self.mktemp(), run_blocking=inline)
+        self.assertIs(store._run_writes, inline)
+        writes: list[Any] = []
+
+        def record(f: Any, *args: Any) -> Any:
+            writes.append(f.__name__)
+            return inline(f, *args)
+
+        store = MaildirStore(self.mktemp(), run_blocking=inline, run_writes=record)
+        self.successResultOf(store.deliver("alice", b"Subject: x\r\n\r\nbody\r\n"))
+        self.assertEqual(writes, ["_write_batch"])
+        self.assertEqual(len(store.folder("alice").messages()), 1)
+
 
 def _child(code: str, *args: str) -> subprocess.Popen[str]:
     """Start a Python child running C{code} with appnet importable."""

@@ -1,7 +1,7 @@
 """
 L{appnet.workers.Workers}: jobs run in worker threads and their results
 come back in the reactor thread; failures too; stop ends the threads after
-the queued jobs.
+the queued jobs. The shared writer runs its jobs one at a time, in order.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
-from appnet.workers import Workers, shared_workers
+from appnet.workers import Workers, shared_workers, shared_writer
 
 
 class WorkersTests(TestCase):
@@ -64,3 +64,17 @@ class WorkersTests(TestCase):
     def test_shared(self) -> None:
         """One shared instance per process."""
         self.assertIs(shared_workers(), shared_workers())
+
+    async def test_shared_writer_runs_jobs_in_order_on_one_thread(self) -> None:
+        """The shared writer is one thread: jobs run one by one, as queued."""
+        writer = shared_writer()
+        self.assertIs(writer, shared_writer())
+        self.assertIsNot(writer, shared_workers())
+        ran: list[tuple[int, str]] = []
+        gate = threading.Event()
+        first = writer(gate.wait, 5)
+        rest = [writer(lambda i=i: ran.append((i, threading.current_thread().name))) for i in range(20)]
+        gate.set()
+        await gatherResults([first, *rest])
+        self.assertEqual([i for i, _ in ran], list(range(20)))
+        self.assertEqual({name for _, name in ran}, {"appnet-mail-writer-0"})
